@@ -1,0 +1,234 @@
+"""The `mathrl` command: parse options, call the stage function, print the result."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from mathrl.errors import MathrlError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Post-train small language models for math reasoning, and measure what worked.")
+data_app = typer.Typer(no_args_is_help=True, help="Write synthetic task data to a file.")
+app.add_typer(data_app, name="data")
+
+
+def parse_kv(items: list[str] | None, flag: str) -> dict[str, Any]:
+    """key=value pairs; values that parse as JSON (numbers, true/false) are converted."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise MathrlError(f"{flag} expects key=value, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def parse_json_option(text: str | None, flag: str) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise MathrlError(f"{flag} is not valid JSON: {e.msg}") from None
+    if not isinstance(value, dict):
+        raise MathrlError(f"{flag} must be a JSON object")
+    return value
+
+
+def print_summary(summary: dict[str, Any], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("n", "strict", "flexible", "answer prop.", "thinking prop.", "tok/s"):
+        table.add_column(col, justify="right")
+
+    def pct(key: str) -> str:
+        ci = summary.get(key.replace("accuracy", "ci95"))
+        ci_text = f" [{ci[0]:.1%}, {ci[1]:.1%}]" if ci else ""
+        return f"{summary[key]:.1%}{ci_text}" if key in summary else "-"
+
+    table.add_row(str(summary.get("n", 0)), pct("accuracy_strict"), pct("accuracy_flexible"),
+                  f"{summary.get('answer_proportion', 0):.1%}", f"{summary.get('thinking_proportion', 0):.1%}",
+                  str(summary.get("generation", {}).get("tokens_per_second", "-")))
+    Console().print(table)
+
+
+@app.command("eval")
+def eval_cmd(
+    model: str = typer.Option("smollm2-135m", help="Local directory, hub id (org/name), or built-in smollm2-135m."),
+    task: str = typer.Option("gsm8k", help="Task name (see `mathrl tasks`)."),
+    config: Optional[str] = typer.Option(None, help="Task config: gsm8k main|socratic, arithmetic levels 1-3, linear_equations 2|3."),
+    task_arg: Optional[list[str]] = typer.Option(None, "--task-arg", help="Task option key=value (repeatable), e.g. path=file.jsonl."),
+    data_dir: Optional[str] = typer.Option(None, help="Local data directory (else $MATHRL_DATA_DIR, else the hub)."),
+    split: str = typer.Option("test", help="Split to evaluate."),
+    limit: Optional[int] = typer.Option(None, help="Evaluate a seeded random subset of this many questions."),
+    sample_seed: int = typer.Option(1234, help="Seed of the --limit subset (same questions for every model)."),
+    protocol: Optional[str] = typer.Option(None, help="Preset protocol, e.g. lm-eval-gsm8k (overrides format/shots/template)."),
+    format: str = typer.Option("gsm8k", "--format", help="Output format: gsm8k, tags, think, boxed, answer_is."),
+    shots: int = typer.Option(0, help="Number of k-shot examples from the train split."),
+    shot_seed: int = typer.Option(1234, help="Seed choosing the shots."),
+    chat_template: bool = typer.Option(True, "--chat-template/--no-chat-template", help="Wrap prompts in the model's chat template."),
+    chat_template_kwargs: Optional[str] = typer.Option(None, help='JSON passed to apply_chat_template, e.g. \'{"enable_thinking": false}\'.'),
+    system_prompt: Optional[str] = typer.Option(None, help="Replace the format's instruction ('' for none)."),
+    stop: Optional[list[str]] = typer.Option(None, "--stop", help="Stop string (repeatable)."),
+    batch_size: int = typer.Option(32, help="Sequences per generation batch."),
+    max_new_tokens: int = typer.Option(512, help="Generation budget per completion."),
+    temperature: float = typer.Option(0.0, help="0 = greedy."),
+    top_p: float = typer.Option(1.0),
+    num_samples: int = typer.Option(1, help="Completions per question (pass@k, maj@k); needs temperature > 0."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+    dtype: str = typer.Option("auto", help="auto (bf16 where fast, else fp32), bf16, fp16, fp32."),
+    backend: str = typer.Option("auto", help="auto (vllm with a GPU when installed, else hf), hf, vllm."),
+    revision: Optional[str] = typer.Option(None, help="Hub revision (commit, branch or tag)."),
+    trust_remote_code: bool = typer.Option(False, help="Allow model repositories to run their own code."),
+    output_dir: str = typer.Option(..., help="Where results.jsonl, results.csv and summary.json go."),
+    overwrite: bool = typer.Option(False, help="Discard earlier results in --output-dir instead of resuming."),
+) -> None:
+    """Evaluate a model on a task: per-sample results, accuracy (strict and flexible) and the protocol."""
+    from mathrl import formats
+    from mathrl.evaluate import EvalConfig, run_eval
+
+    proto_fields: dict[str, Any] = dict(format=format, chat_template=chat_template, shots=shots, shot_seed=shot_seed,
+                                        chat_template_kwargs=parse_json_option(chat_template_kwargs, "--chat-template-kwargs"),
+                                        system_prompt=system_prompt, stop=list(stop or []))
+    if protocol:
+        proto_fields.update(formats.preset(protocol))
+    formats.get_format(proto_fields["format"])
+    cfg = EvalConfig(model=model, task=task, task_config=config, task_args=parse_kv(task_arg, "--task-arg"),
+                     data_dir=data_dir, split=split, limit=limit, sample_seed=sample_seed,
+                     protocol=formats.Protocol(**proto_fields), max_new_tokens=max_new_tokens, temperature=temperature,
+                     top_p=top_p, num_samples=num_samples, seed=seed, batch_size=batch_size, dtype=dtype, backend=backend,
+                     revision=revision, trust_remote_code=trust_remote_code, output_dir=output_dir, overwrite=overwrite)
+    summary = run_eval(cfg)
+    print_summary(summary, f"{model} on {task} ({split})")
+    typer.echo(f"results: {Path(output_dir) / 'summary.json'}")
+
+
+@app.command()
+def grade(
+    input: Path = typer.Option(..., "--input", help="JSONL with a completion and a gold answer per line."),
+    task: str = typer.Option("gsm8k", help="Task whose answer checker to use."),
+    format: str = typer.Option("gsm8k", "--format", help="Format whose marker the strict extractor reads."),
+    output: Optional[Path] = typer.Option(None, help="Write each line back with pred_* and correct_* fields."),
+    completion_field: str = typer.Option("completion", help="Field holding the model's text."),
+    gold_field: Optional[str] = typer.Option(None, help="Field holding the gold answer (default: answer, else gold)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+) -> None:
+    """Regrade completions produced anywhere (other harnesses, older runs) with mathrl's grader."""
+    from mathrl import grading
+    from mathrl.files import atomic_write_jsonl, iter_jsonl
+    from mathrl.formats import get_format
+    from mathrl.tasks import get_task
+    from mathrl.tasks.gsm8k import split_answer
+
+    checker = get_task(task).check_answer
+    fmt = get_format(format)
+    rows, n_strict, n_flex = [], 0, 0
+    for line, row in iter_jsonl(input):
+        gf = gold_field or ("answer" if "answer" in row else "gold")
+        if completion_field not in row:
+            raise MathrlError(f"{input}:{line}: missing field {completion_field!r}")
+        if gf not in row or row[gf] in (None, ""):
+            raise MathrlError(f"{input}:{line}: missing field {gf!r}")
+        _, final = split_answer(str(row[gf]))
+        gold = grading.normalize(final if final is not None else str(row[gf])) or str(row[gf])
+        text = str(row[completion_field] or "")
+        strict, flexible = fmt.extract_strict(text), fmt.extract_flexible(text)
+        verdict = {"pred_strict": strict, "pred_flexible": flexible,
+                   "correct_strict": checker(strict, gold), "correct_flexible": checker(flexible, gold)}
+        n_strict += verdict["correct_strict"]
+        n_flex += verdict["correct_flexible"]
+        rows.append(row | verdict)
+    n = len(rows)
+    summary = {"n": n, "accuracy_strict": round(n_strict / n, 4) if n else 0.0, "accuracy_flexible": round(n_flex / n, 4) if n else 0.0}
+    if output:
+        atomic_write_jsonl(output, rows)
+    if as_json:
+        typer.echo(json.dumps(summary))
+    else:
+        typer.echo(f"n={n}  strict={summary['accuracy_strict']:.1%}  flexible={summary['accuracy_flexible']:.1%}")
+
+
+def _write_task_data(task_name: str, config: str | None, n: int, seed: int, out: Path, split: str, options: dict[str, Any]) -> None:
+    from mathrl.files import atomic_write_json, atomic_write_jsonl
+    from mathrl.tasks import get_task
+
+    if n < 1:
+        raise MathrlError(f"--n must be at least 1, got {n}")
+    size_key = "test_size" if split == "test" else "train_size"
+    samples = get_task(task_name, config, seed=seed, **{size_key: n}, **options).load(split)[:n]
+    rows = [s.to_dict() for s in samples]
+    if out.suffix == ".jsonl":
+        atomic_write_jsonl(out, rows)
+    else:
+        atomic_write_json(out, rows)
+    typer.echo(f"wrote {len(rows)} samples to {out}")
+
+
+@data_app.command("linear-equations")
+def data_linear(
+    n: int = typer.Option(1000, help="Number of systems."),
+    seed: int = typer.Option(0),
+    variables: str = typer.Option("2", help="2, 3 or 2-3 unknowns."),
+    coef_range: int = typer.Option(9, help="Coefficients drawn from [-R, R]."),
+    sol_range: int = typer.Option(10, help="Integer solutions drawn from [-R, R]."),
+    split: str = typer.Option("train", help="train or test stream (disjoint)."),
+    out: Path = typer.Option(..., help="Output file (.json list or .jsonl)."),
+) -> None:
+    """Systems of linear equations with a unique integer solution and worked elimination steps."""
+    _write_task_data("linear_equations", variables, n, seed, out, split, {"coef_range": coef_range, "sol_range": sol_range})
+
+
+@data_app.command("arithmetic")
+def data_arithmetic(
+    n: int = typer.Option(1000), seed: int = typer.Option(0),
+    levels: str = typer.Option("1-3", help="1, 2, 3, 1-2, 2-3 or 1-3."),
+    split: str = typer.Option("train", help="train or test stream (disjoint)."),
+    out: Path = typer.Option(...),
+) -> None:
+    """The arithmetic ladder: one-step sums to three-step word problems, with worked solutions."""
+    _write_task_data("arithmetic", levels, n, seed, out, split, {})
+
+
+@app.command()
+def tasks() -> None:
+    """List registered tasks and their configs."""
+    from mathrl.tasks import TASKS
+
+    for name, cls in sorted(TASKS.items()):
+        doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip()
+        typer.echo(f"{name:18s} configs: {', '.join(cls.configs):28s} {doc.splitlines()[0] if doc else ''}")
+
+
+@app.command("formats")
+def list_formats() -> None:
+    """List output formats and protocol presets."""
+    from mathrl.formats import FORMATS, PROTOCOLS
+
+    for f in FORMATS.values():
+        typer.echo(f"{f.name:10s} {f.description}")
+    typer.echo("protocols: " + ", ".join(PROTOCOLS))
+
+
+def main() -> None:
+    try:
+        app()
+    except MathrlError as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.secho("interrupted: results written so far are kept; rerun the same command to resume", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

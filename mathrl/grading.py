@@ -1,0 +1,145 @@
+"""Turn any text into a number-or-nothing, and compare it with a gold answer.
+
+This module is the single source of truth for answers: evaluation, `mathrl grade` and every RL
+reward call it. Nothing here raises on any input string, and nothing evaluates model text as code:
+GSM8K's calculator strings such as ``<<3*4=12>>`` are read as text, never computed.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+from fractions import Fraction
+
+# Numbers longer than this are not parsed: they are never right answers and Decimal/Fraction work
+# on them grows with their length (a model can emit thousands of digits).
+MAX_DIGITS = 64
+REL_TOL = 1e-6
+
+# A number as people write it: optional sign (not a hyphen glued to a word or digit, so "3-5" gives
+# 5), optional currency, digits with thousands separators or plain, optional decimals.
+_NUM = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+"
+_SIGNED = rf"(?:(?<![\w\)\]])[-−+])?\s?\$?\s?(?:{_NUM})"
+_LATEX_FRAC = r"\\[dt]?frac\s*\{\s*(-?\d+)\s*\}\s*\{\s*(-?\d+)\s*\}"
+_SLASH_FRAC = r"(?<![\d/.])(-?\d+)\s*/\s*(\d+)(?![\d/]|\.\d)"
+NUMBER_RE = re.compile(rf"{_LATEX_FRAC}|{_SLASH_FRAC}|(?P<num>{_SIGNED})")
+# GSM8K calculator annotations: <<48/2=24>>. Dropped before the flexible extractor looks for the
+# last number, so "<<2*3=6>>" followed by nothing does not yield the 6 inside the brackets alone.
+CALC_RE = re.compile(r"<<[^<>]{0,200}>>")
+
+
+def _to_fraction(token: str) -> Fraction | None:
+    cleaned = token.replace(",", "").replace("$", "").replace("−", "-").replace(" ", "")
+    if len(cleaned) > MAX_DIGITS:
+        return None
+    try:
+        return Fraction(Decimal(cleaned))
+    except (InvalidOperation, ValueError, ZeroDivisionError):
+        return None
+
+
+def _match_value(m: re.Match) -> Fraction | None:
+    if m.group("num") is not None:
+        return _to_fraction(m.group("num"))
+    num, den = (m.group(1), m.group(2)) if m.group(1) is not None else (m.group(3), m.group(4))
+    if len(num) + len(den) > MAX_DIGITS or int(den) == 0:
+        return None
+    return Fraction(int(num), int(den))
+
+
+def format_number(value: Fraction) -> str:
+    """Canonical text for a number: `18`, `-2.5`, `0.333333` (6 significant decimals at most)."""
+    if value.denominator == 1:
+        return str(value.numerator)
+    exact = Decimal(value.numerator) / Decimal(value.denominator)
+    text = format(exact.quantize(Decimal("0.000001")) if abs(exact) < 10**12 else exact, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def _boxed_contents(text: str) -> list[str]:
+    """Contents of every \\boxed{...} / \\fbox{...}, nested braces allowed."""
+    found = []
+    for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text):
+        depth, i = 1, m.end()
+        while i < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        if depth == 0:
+            found.append(text[m.end() : i - 1])
+    return found
+
+
+def parse_number(text: str | None) -> Fraction | None:
+    """The first number in `text` (boxed content first), or None. Never raises."""
+    if not text:
+        return None
+    try:
+        boxed = _boxed_contents(text)
+        if boxed:
+            text = boxed[-1]
+        for m in NUMBER_RE.finditer(text):
+            value = _match_value(m)
+            if value is not None:
+                return value
+    except (RecursionError, ValueError, OverflowError):
+        return None
+    return None
+
+
+def normalize(text: str | None) -> str | None:
+    """Canonical number text for an answer string, or None when it holds no number."""
+    value = parse_number(text)
+    return None if value is None else format_number(value)
+
+
+def extract_flexible(text: str | None, pattern: str | None = None) -> str | None:
+    """Last number in the completion (or the last match of `pattern`), normalised."""
+    if not text:
+        return None
+    try:
+        if pattern:
+            matches = [m.group(0) for m in re.finditer(pattern, text)]
+            return normalize(matches[-1]) if matches else None
+        text = CALC_RE.sub(" ", text)
+        values = [v for v in (_match_value(m) for m in NUMBER_RE.finditer(text)) if v is not None]
+        return format_number(values[-1]) if values else None
+    except (RecursionError, ValueError, OverflowError, re.error):
+        return None
+
+
+def extract_strict(text: str | None, pattern: str, take: str = "last") -> str | None:
+    """The number inside the format's own answer marker (`pattern` has one capture group)."""
+    if not text:
+        return None
+    try:
+        matches = [m.group(1) for m in re.finditer(pattern, text)]
+    except (re.error, IndexError):
+        return None
+    if not matches:
+        return None
+    return normalize(matches[0] if take == "first" else matches[-1])
+
+
+def answers_match(pred: str | None, gold: str | None) -> bool:
+    """Numeric comparison with a small relative tolerance; math-verify when gold is not a number."""
+    if pred is None or gold is None:
+        return False
+    p, g = parse_number(pred), parse_number(gold)
+    if p is not None and g is not None and _is_plain_number(gold):
+        return p == g or abs(p - g) <= REL_TOL * max(1, abs(g))
+    return _math_verify(pred, gold)
+
+
+def _is_plain_number(text: str) -> bool:
+    return re.fullmatch(rf"\s*(?:{_SIGNED})\s*%?\s*", text) is not None
+
+
+def _math_verify(pred: str, gold: str) -> bool:
+    try:
+        from math_verify import parse, verify
+
+        gold_parsed = parse(gold if "$" in gold or "\\" in gold else f"${gold}$", parsing_timeout=None)
+        pred_parsed = parse(pred if "$" in pred or "\\" in pred else f"${pred}$", parsing_timeout=None)
+        return bool(gold_parsed and pred_parsed and verify(gold_parsed, pred_parsed, timeout_seconds=None))
+    except Exception:  # noqa: BLE001 - the grader must never raise on model text
+        return False

@@ -1,0 +1,85 @@
+"""GSM8K (openai/gsm8k): grade-school word problems; gold = the number after '####'.
+
+Loads from a local directory (--data-dir or MATHRL_DATA_DIR) holding `train.jsonl`/`test.jsonl`
+(and `*_socratic.jsonl`), or the hub's parquet layout (`main/test-*.parquet`); otherwise from the hub
+through `datasets`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from mathrl import grading
+from mathrl.errors import MathrlError
+from mathrl.files import read_records
+from mathrl.tasks.base import Sample, Task, data_dir, register
+
+HUB_ID = "openai/gsm8k"
+
+
+def split_answer(text: str) -> tuple[str, str | None]:
+    """(worked solution, final answer text) of a GSM8K answer."""
+    head, sep, tail = text.rpartition("####")
+    if not sep:
+        return text.strip(), None
+    return head.strip(), tail.strip()
+
+
+def clean_solution(text: str) -> str:
+    """Solution text without calculator annotations (<<4*3=12>>), which models need not imitate."""
+    return grading.CALC_RE.sub("", text)
+
+
+@register("gsm8k")
+class GSM8K(Task):
+    configs = ("main", "socratic")
+
+    def _local_files(self, root: Path, split: str) -> list[Path]:
+        stem = split if self.config == "main" else f"{split}_socratic"
+        candidates = [root / f"{stem}.jsonl", root / f"{stem}.json", root / self.config / f"{split}.jsonl"]
+        candidates += sorted((root / self.config).glob(f"{split}-*.parquet"))
+        return [p for p in candidates if p.exists()]
+
+    def _rows(self, split: str) -> list[tuple[str, int, dict]]:
+        root = data_dir(self.options.get("data_dir"))
+        if root is not None:
+            files = self._local_files(root, split)
+            if not files:
+                raise MathrlError(
+                    f"gsm8k ({self.config}): no {split} split in {root} (looked for "
+                    f"{'train' if split == 'train' else 'test'}{'' if self.config == 'main' else '_socratic'}.jsonl "
+                    f"or {self.config}/{split}-*.parquet)"
+                )
+            return [(str(files[0]), n, row) for n, row in read_records(files[0])]
+        try:
+            import datasets
+
+            ds = datasets.load_dataset(HUB_ID, self.config, split=split)
+        except Exception as e:  # noqa: BLE001 - any hub/network failure gets the same advice
+            raise MathrlError(
+                f"could not load {HUB_ID} ({self.config}/{split}) from the hub: {type(e).__name__}; "
+                "point --data-dir or MATHRL_DATA_DIR at a directory with train.jsonl and test.jsonl"
+            ) from None
+        return [(HUB_ID, i + 1, row) for i, row in enumerate(ds)]
+
+    def load_split(self, split: str) -> list[Sample]:
+        samples = []
+        for source, line, row in self._rows(split):
+            if "question" not in row or "answer" not in row:
+                missing = "question" if "question" not in row else "answer"
+                raise MathrlError(f"{source}:{line}: missing field {missing!r}")
+            solution, final = split_answer(str(row["answer"]))
+            gold = grading.normalize(final) if final else None
+            if gold is None:
+                raise MathrlError(f"{source}:{line}: answer has no '#### <number>' final answer")
+            samples.append(
+                Sample(
+                    id=f"gsm8k-{self.config}-{split}-{line - 1}",
+                    question=str(row["question"]).strip(),
+                    answer=gold,
+                    solution=clean_solution(solution),
+                    meta={"raw_answer": str(row["answer"])},
+                )
+            )
+        return samples
