@@ -200,6 +200,97 @@ def data_arithmetic(
 
 
 @app.command()
+def sft(
+    model: Optional[str] = typer.Option(None, help="Base model: local dir, hub id or smollm2-135m."),
+    task: Optional[str] = typer.Option(None, help="Task whose train split is used."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML of SFT settings (configs/sft/); flags override it."),
+    task_config: Optional[str] = typer.Option(None, help="Task config (e.g. arithmetic levels 1-2)."),
+    task_arg: Optional[list[str]] = typer.Option(None, "--task-arg", help="Task option key=value (repeatable)."),
+    data_dir: Optional[str] = typer.Option(None, help="Local data directory (else $MATHRL_DATA_DIR, else the hub)."),
+    format: Optional[str] = typer.Option(None, "--format", help="Output format of the training solutions."),
+    chat_template: Optional[bool] = typer.Option(None, "--chat-template/--no-chat-template"),
+    loss: Optional[str] = typer.Option(None, help="completion (prompt masked) or full."),
+    method: Optional[str] = typer.Option(None, help="full, lora or qlora (CUDA only)."),
+    stage: Optional[str] = typer.Option(None, help="full (1,024 samples) or rl_prep (256)."),
+    num_samples: Optional[int] = typer.Option(None, help="Training samples (overrides --stage)."),
+    epochs: Optional[float] = typer.Option(None),
+    max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate."),
+    batch_size: Optional[int] = typer.Option(None),
+    grad_accum: Optional[int] = typer.Option(None),
+    lora_r: Optional[int] = typer.Option(None), lora_alpha: Optional[int] = typer.Option(None),
+    lora_targets: Optional[str] = typer.Option(None, help="Comma-separated module names, or all-linear."),
+    dtype: Optional[str] = typer.Option(None, help="auto (fp32 weights + bf16 autocast where fast), bf16, fp32."),
+    save_steps: Optional[int] = typer.Option(None), seed: Optional[int] = typer.Option(None),
+    report_to: Optional[str] = typer.Option(None, help="none, tensorboard, trackio or wandb."),
+    merge: Optional[bool] = typer.Option(None, "--merge/--no-merge", help="LoRA: also write merged weights."),
+    resume: bool = typer.Option(False, help="Continue from the last checkpoint in --output-dir."),
+    output_dir: Optional[str] = typer.Option(None, help="Where the model, log and curves go."),
+) -> None:
+    """Supervised fine-tuning on a task's worked solutions (TRL SFTTrainer; full, LoRA or QLoRA)."""
+    from mathrl import config as cfgmod
+    from mathrl.train.sft import SFTRunConfig, run_sft
+
+    targets = lora_targets.split(",") if lora_targets and lora_targets != "all-linear" else lora_targets
+    overrides = dict(model=model, task=task, task_config=task_config, data_dir=data_dir, format=format,
+                     chat_template=chat_template, loss=loss, method=method, stage=stage, num_samples=num_samples,
+                     epochs=epochs, max_steps=max_steps, learning_rate=lr, batch_size=batch_size, grad_accum=grad_accum,
+                     lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=targets, dtype=dtype, save_steps=save_steps,
+                     seed=seed, report_to=report_to, merge=merge, resume=resume or None, output_dir=output_dir)
+    if task_arg:
+        overrides["task_args"] = parse_kv(task_arg, "--task-arg")
+    cfg = cfgmod.resolve(SFTRunConfig, config, overrides)
+    record = run_sft(cfg)
+    typer.echo(f"trained {record['global_step']} steps on {record['num_samples']} samples in {record['train_seconds']} s; "
+               f"final loss {record['train_loss']}; model in {cfg.output_dir}")
+
+
+@app.command()
+def export(
+    adapter: Path = typer.Option(..., help="Directory with a LoRA adapter (from mathrl sft --method lora)."),
+    merge: bool = typer.Option(True, "--merge/--no-merge", help="Merge the adapter into the base weights."),
+    output_dir: Path = typer.Option(..., help="Where the merged safetensors model goes."),
+) -> None:
+    """Merge a LoRA adapter into its base model and write safetensors + tokenizer."""
+    from mathrl import models
+
+    if not merge:
+        raise MathrlError("export only merges for now: pass --merge")
+    if not (adapter / "adapter_config.json").exists():
+        raise MathrlError(f"{adapter} has no adapter_config.json")
+    model, tokenizer, _ = models.load_model(str(adapter), dtype="fp32")
+    merged = model.merge_and_unload()
+    merged.save_pretrained(output_dir, safe_serialization=True)
+    tokenizer.save_pretrained(output_dir)
+    typer.echo(f"merged model written to {output_dir}")
+
+
+@app.command()
+def chat(
+    model: str = typer.Option("smollm2-135m", help="Model or training output directory."),
+    question: Optional[str] = typer.Argument(None, help="Question to answer; omit to type questions interactively."),
+    format: str = typer.Option("gsm8k", "--format"),
+    chat_template: bool = typer.Option(True, "--chat-template/--no-chat-template"),
+    max_new_tokens: int = typer.Option(256), temperature: float = typer.Option(0.0),
+    dtype: str = typer.Option("auto"),
+) -> None:
+    """Answer a question with a model, showing the completion and the extracted answer."""
+    from mathrl import formats, models
+    from mathrl.generation import HFGenerator, SamplingParams
+
+    proto = formats.Protocol(format=format, chat_template=chat_template)
+    fmt = proto.resolved_format()
+    m, tok, _ = models.load_model(model, dtype)
+    gen = HFGenerator(m, tok, batch_size=1, progress=False)
+    params = SamplingParams(max_new_tokens, temperature, stop=formats.default_stop(proto))
+    questions = [question] if question else iter(lambda: typer.prompt("question (empty to quit)", default="", show_default=False), "")
+    for q in questions:
+        text = gen.generate([formats.build_prompt(q, proto, tok)], params, add_special_tokens=not chat_template)[0][0].text
+        typer.echo(text)
+        typer.secho(f"answer (strict): {fmt.extract_strict(text)}   (flexible): {fmt.extract_flexible(text)}", fg="cyan")
+
+
+@app.command()
 def tasks() -> None:
     """List registered tasks and their configs."""
     from mathrl.tasks import TASKS

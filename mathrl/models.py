@@ -191,9 +191,12 @@ def load_model(
             from peft import PeftModel
 
             base_name = json.loads(adapter_cfg.read_text())["base_model_name_or_path"]
-            base, _, _ = load_model(base_name, dtype, device, None, trust_remote_code)
+            base, base_tok, _ = load_model(base_name, dtype, device, None, trust_remote_code)
+            has_tok = (Path(path) / "tokenizer_config.json").exists()
+            tokenizer = load_tokenizer(path) if has_tok else base_tok
+            if len(tokenizer) != base.get_input_embeddings().weight.shape[0]:
+                base.resize_token_embeddings(len(tokenizer))  # format tokens added during training
             model = PeftModel.from_pretrained(base, path)
-            tokenizer = load_tokenizer(path if (Path(path) / "tokenizer_config.json").exists() else resolve(base_name)[0])
         else:
             model = AutoModelForCausalLM.from_pretrained(
                 path, dtype=torch_dtype, revision=revision, trust_remote_code=trust_remote_code, use_safetensors=True

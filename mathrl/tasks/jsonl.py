@@ -45,6 +45,7 @@ class JsonlTask(Task):
                     question=str(row[qf]).strip(),
                     answer=gold,
                     solution=clean_solution(solution) if solution else None,
+                    meta={"raw_answer": str(row[af])} if final is not None else {},
                 )
             )
         return samples

@@ -1,0 +1,103 @@
+"""Settings dataclasses from YAML plus command-line overrides, with validation that names the culprit."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mathrl.errors import MathrlError
+
+T = TypeVar("T")
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if origin in (list, tuple):
+        return isinstance(value, (list, tuple))
+    if origin is dict:
+        return isinstance(value, dict)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(tp, type):
+        return isinstance(value, tp)
+    return True
+
+
+def build(cls: type[T], values: dict[str, Any], source: str = "config") -> T:
+    """Instantiate dataclass `cls` from `values`; unknown keys and wrong types are clear errors."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    clean = {}
+    for key, value in values.items():
+        key = key.replace("-", "_")
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise MathrlError(f"{source}: unknown key {key!r}{hint}")
+        if isinstance(value, int) and not isinstance(value, bool) and hints[key] is float:
+            value = float(value)
+        if not _type_ok(value, hints[key]):
+            raise MathrlError(f"{source}: {key!r} should be {_type_name(hints[key])}, got {value!r}")
+        clean[key] = value
+    obj = cls(**clean)
+    validate = getattr(obj, "validate", None)
+    if validate:
+        validate()
+    return obj
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def load_yaml(path: str | Path | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise MathrlError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise MathrlError(f"{path}{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(data, dict):
+        raise MathrlError(f"{path}: expected a mapping of settings")
+    return data
+
+
+def resolve(cls: type[T], config_path: str | Path | None, overrides: dict[str, Any]) -> T:
+    """YAML file first, then every override that is not None (command-line flags)."""
+    values = load_yaml(config_path)
+    source = str(config_path) if config_path else "options"
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return build(cls, values, source)
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+def describe_fields(cls: type) -> list[tuple[str, Any, str]]:
+    """(name, default, help) for documentation and --help text."""
+    out = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        out.append((f.name, default, f.metadata.get("help", "")))
+    return out

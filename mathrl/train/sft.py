@@ -1,0 +1,219 @@
+"""Supervised fine-tuning with TRL's SFTTrainer: full, LoRA or QLoRA; chat or raw; masked or full loss.
+
+Training text is the task's worked solution rendered in the chosen output format after exactly the
+prompt that evaluation uses (`formats.build_prompt`), so training and evaluation cannot drift apart.
+TRL tokenizes prompt and completion, appends EOS and masks the prompt when `loss="completion"`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mathrl import formats
+from mathrl.errors import MathrlError
+from mathrl.files import atomic_write_json
+from mathrl.tasks import Sample, get_task
+
+STAGE_SIZES = {"full": 1024, "rl_prep": 256}  # the seeds' two SFT stages
+
+
+@dataclass
+class SFTRunConfig:
+    model: str = field(default="smollm2-135m", metadata={"help": "local dir, hub id or smollm2-135m"})
+    task: str = field(default="gsm8k", metadata={"help": "task whose train split and worked solutions are used"})
+    task_config: str | None = None
+    task_args: dict[str, Any] = field(default_factory=dict)
+    data_dir: str | None = None
+    format: str = field(default="gsm8k", metadata={"help": "output format the solutions are written in"})
+    chat_template: bool = True
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    system_prompt: str | None = field(default=None, metadata={"help": "None: the format's instruction; '' for none"})
+    loss: str = field(default="completion", metadata={"help": "completion (prompt masked) | full"})
+    method: str = field(default="full", metadata={"help": "full | lora | qlora (CUDA only)"})
+    stage: str | None = field(default=None, metadata={"help": "full (1,024 samples) | rl_prep (256); None: all"})
+    num_samples: int | None = field(default=None, metadata={"help": "training samples (overrides stage)"})
+    sample_seed: int = 0
+    epochs: float = 1.0
+    max_steps: int = field(default=-1, metadata={"help": "stop after this many optimizer steps (-1: epochs decide)"})
+    learning_rate: float = 1e-4
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    batch_size: int = 16
+    grad_accum: int = 1
+    max_length: int = 512
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_targets: list[str] | str = "all-linear"
+    gradient_checkpointing: bool | None = field(default=None, metadata={"help": "None: on with CUDA, off on CPU"})
+    optim: str = field(default="auto", metadata={"help": "auto: adamw_8bit with CUDA+bitsandbytes, else adamw_torch"})
+    dtype: str = field(default="auto", metadata={"help": "auto: fp32 weights + bf16 autocast where bf16 is fast; bf16; fp32"})
+    save_steps: int = 50
+    save_total_limit: int = 2
+    logging_steps: int = 1
+    seed: int = 42
+    report_to: str = field(default="none", metadata={"help": "none | tensorboard | trackio | wandb"})
+    merge: bool = field(default=False, metadata={"help": "LoRA: also write merged full weights"})
+    resume: bool = False
+    output_dir: str = "runs/sft"
+
+    def validate(self) -> None:
+        checks = [
+            (self.loss in ("completion", "full"), f"loss must be completion or full, got {self.loss!r}"),
+            (self.method in ("full", "lora", "qlora"), f"method must be full, lora or qlora, got {self.method!r}"),
+            (self.stage in (None, *STAGE_SIZES), f"stage must be one of {', '.join(STAGE_SIZES)}, got {self.stage!r}"),
+            (self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be at least 1"),
+            (self.num_samples is None or self.num_samples >= 1, f"num_samples must be positive, got {self.num_samples}"),
+            (self.learning_rate > 0, f"learning_rate must be positive, got {self.learning_rate}"),
+            (self.dtype in ("auto", "bf16", "fp32", "fp16"), f"dtype must be auto, bf16, fp16 or fp32, got {self.dtype!r}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise MathrlError(msg)
+        formats.get_format(self.format)
+
+    def protocol(self) -> formats.Protocol:
+        return formats.Protocol(format=self.format, chat_template=self.chat_template,
+                                chat_template_kwargs=dict(self.chat_template_kwargs), system_prompt=self.system_prompt)
+
+    def size(self) -> int | None:
+        return self.num_samples or (STAGE_SIZES[self.stage] if self.stage else None)
+
+
+def training_samples(cfg: SFTRunConfig) -> list[Sample]:
+    task = get_task(cfg.task, cfg.task_config, data_dir=cfg.data_dir, **cfg.task_args)
+    n = cfg.size()
+    if n is not None and cfg.task in ("arithmetic", "linear_equations") and "train_size" not in cfg.task_args:
+        task.options["train_size"] = n  # generated tasks: make exactly what is needed
+    pool = [s for s in task.load_train() if s.solution]
+    if not pool:
+        raise MathrlError(f"task {cfg.task!r} has no worked solutions in its train split; SFT needs them")
+    if n is not None and n < len(pool):
+        pool = random.Random(cfg.sample_seed).sample(pool, n)
+    return pool
+
+
+def build_examples(samples: list[Sample], protocol: formats.Protocol, tokenizer: Any) -> list[dict[str, str]]:
+    """prompt = the evaluation prompt; completion = the solution in the format (TRL appends EOS)."""
+    fmt = protocol.resolved_format()
+    lead = "" if protocol.chat_template else " "  # raw prompts end with "Answer:"
+    return [{"prompt": formats.build_prompt(s.question, protocol, tokenizer),
+             "completion": lead + fmt.render(s.solution, s.answer)} for s in samples]
+
+
+def _load(cfg: SFTRunConfig) -> tuple[Any, Any, dict[str, Any]]:
+    from mathrl import models
+
+    if cfg.method == "qlora":
+        from mathrl.train.common import require_qlora
+
+        require_qlora()
+        import torch
+        from peft import prepare_model_for_kbit_training
+        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+        path, kind = models.resolve(cfg.model)
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                   bnb_4bit_compute_dtype=torch.bfloat16)
+        model = AutoModelForCausalLM.from_pretrained(path, quantization_config=quant, dtype=torch.bfloat16)
+        model = prepare_model_for_kbit_training(model)
+        return model, models.load_tokenizer(path), {"name": cfg.model, "kind": kind, "path": path,
+                                                     "revision": models.model_revision(path, kind, model)}
+    weights = "fp32" if cfg.dtype == "auto" else cfg.dtype
+    return models.load_model(cfg.model, weights)
+
+
+def build_trainer(cfg: SFTRunConfig) -> tuple[Any, list[Sample], dict[str, Any], list[str]]:
+    """(TRL SFTTrainer ready to train, training samples, base model info, format tokens added)."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from mathrl import models
+    from mathrl.train import common
+
+    cfg.validate()
+    out = Path(cfg.output_dir)
+    samples = training_samples(cfg)
+    model, tokenizer, info = _load(cfg)
+    new_tokens = common.add_format_tokens(model, tokenizer, cfg.protocol().resolved_format().markers)
+    dataset = Dataset.from_list(build_examples(samples, cfg.protocol(), tokenizer))
+    on_cuda = common.cuda_available()
+    fast_bf16 = on_cuda or models.cpu_has_fast_bf16()
+    args = SFTConfig(
+        output_dir=str(out), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, max_length=cfg.max_length,
+        completion_only_loss=cfg.loss == "completion",
+        activation_checkpointing=on_cuda if cfg.gradient_checkpointing is None else cfg.gradient_checkpointing,
+        optim=common.pick_optimizer(cfg.optim),
+        bf16=cfg.dtype == "auto" and fast_bf16,  # autocast over fp32 master weights
+        use_cpu=not on_cuda, save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
+        logging_steps=cfg.logging_steps, report_to=cfg.report_to, seed=cfg.seed, data_seed=cfg.seed,
+        dataloader_num_workers=0,
+    )
+    peft_config = None
+    if cfg.method in ("lora", "qlora"):
+        ids = tokenizer.convert_tokens_to_ids(new_tokens) if new_tokens else None
+        peft_config = common.lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets, ids)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config,
+                         callbacks=[common.make_log_callback(out, ("loss", "learning_rate", "grad_norm"))])
+    return trainer, samples, info, new_tokens
+
+
+def run_sft(cfg: SFTRunConfig) -> dict[str, Any]:
+    """Train, save model + tokenizer + config + log + curves into cfg.output_dir; return the run record."""
+    from mathrl.evaluate import library_versions
+    from mathrl.train import common
+
+    cfg.validate()
+    out = Path(cfg.output_dir)
+    checkpoint = common.last_checkpoint(out)
+    if checkpoint and not cfg.resume:
+        raise MathrlError(f"{out} already has checkpoints; pass --resume to continue or choose another --output-dir")
+    if not checkpoint:
+        (out / "train_log.jsonl").unlink(missing_ok=True)
+    trainer, samples, info, new_tokens = build_trainer(cfg)
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    train_seconds = time.perf_counter() - start
+    save_model(trainer.model, trainer.processing_class, out, cfg.model, cfg.merge)
+    logged = common.read_log(out / "train_log.jsonl")
+    tokens = max((r.get("num_tokens", 0) for r in logged), default=0)
+    record = {
+        "config": asdict(cfg), "base_model": info, "added_tokens": new_tokens, "num_samples": len(samples),
+        "train_seconds": round(train_seconds, 1), "global_step": trainer.state.global_step,
+        "train_loss": round(result.training_loss, 4), "train_tokens": int(tokens),
+        "tokens_per_second": round(tokens / train_seconds, 1) if tokens and not checkpoint else None,
+        "resumed_from": checkpoint, "versions": library_versions(),
+    }
+    atomic_write_json(out / "mathrl_config.json", record)
+    return record
+
+
+def save_model(model: Any, tokenizer: Any, out: Path, base_name: str, merge: bool) -> None:
+    """Full model → safetensors in `out`. LoRA → adapter in `out` (or `out/adapter` plus merged weights
+    in `out` with merge), its base recorded by mathrl name so it loads offline."""
+    is_peft = hasattr(model, "peft_config")
+    if not is_peft:
+        model.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+        return
+    adapter_dir = out / "adapter" if merge else out
+    model.save_pretrained(adapter_dir, safe_serialization=True)
+    tokenizer.save_pretrained(adapter_dir)
+    cfg_path = adapter_dir / "adapter_config.json"
+    adapter_cfg = json.loads(cfg_path.read_text())
+    adapter_cfg["base_model_name_or_path"] = base_name
+    cfg_path.write_text(json.dumps(adapter_cfg, indent=2))
+    if merge:
+        merged = model.merge_and_unload()
+        merged.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)

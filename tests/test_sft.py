@@ -1,0 +1,135 @@
+"""SFT on a tiny random model: label masking, learning, resume, LoRA merge, config validation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mathrl import config as cfgmod
+from mathrl.errors import MathrlError
+from mathrl.train.sft import SFTRunConfig, build_trainer, run_sft
+
+
+def make_cfg(tiny_model_dir, tmp_path, **kw) -> SFTRunConfig:
+    base = dict(model=str(tiny_model_dir), task="arithmetic", task_config="1", num_samples=8, batch_size=4,
+                max_steps=2, learning_rate=1e-3, dtype="fp32", save_steps=1000, output_dir=str(tmp_path / "out"))
+    base.update(kw)
+    return cfgmod.build(SFTRunConfig, base)
+
+
+@pytest.mark.parametrize("chat_template", [True, False])
+@pytest.mark.parametrize("loss", ["completion", "full"])
+def test_label_positions(tiny_model_dir, tmp_path, chat_template, loss):
+    cfg = make_cfg(tiny_model_dir, tmp_path, chat_template=chat_template, loss=loss)
+    trainer, samples, _, _ = build_trainer(cfg)
+    tok = trainer.processing_class
+    row = trainer.train_dataset[0]
+    ids, labels = row["input_ids"], row["labels"]
+    sample = next(s for s in samples if s.question in tok.decode(ids))
+    labelled = [i for i, lab in zip(ids, labels) if lab != -100]
+    text = tok.decode(labelled)
+    if loss == "full":
+        assert labels == ids  # question and answer both carry labels
+    else:
+        # exactly the answer: starts after the prompt, holds the solution and the final answer, ends with EOS
+        assert labelled == ids[len(ids) - len(labelled):]
+        assert sample.question not in text
+        assert text.strip().startswith(sample.solution.splitlines()[0])
+        assert f"#### {sample.answer}" in text
+        assert labelled[-1] == tok.eos_token_id
+        if chat_template:
+            assert "<|im_start|>" not in text and "assistant" not in text
+
+
+def test_loss_falls_and_outputs_written(tiny_model_dir, tmp_path):
+    cfg = make_cfg(tiny_model_dir, tmp_path, max_steps=12, learning_rate=1e-2, num_samples=4, batch_size=4)
+    record = run_sft(cfg)
+    log = [json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in log if "loss" in r]
+    assert len(losses) == 12
+    assert losses[-1] < 0.8 * losses[0]
+    out = tmp_path / "out"
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "mathrl_config.json", "training_curves.png"):
+        assert (out / name).exists(), name
+    assert record["global_step"] == 12
+    saved = json.loads((out / "mathrl_config.json").read_text())
+    assert saved["config"]["learning_rate"] == 1e-2 and "torch" in saved["versions"]
+
+
+def test_resume_continues_at_saved_step(tiny_model_dir, tmp_path):
+    run_sft(make_cfg(tiny_model_dir, tmp_path, max_steps=2, save_steps=2))
+    assert (tmp_path / "out" / "checkpoint-2").exists()
+    with pytest.raises(MathrlError, match="--resume"):
+        run_sft(make_cfg(tiny_model_dir, tmp_path, max_steps=4, save_steps=2))
+    record = run_sft(make_cfg(tiny_model_dir, tmp_path, max_steps=4, save_steps=2, resume=True))
+    assert record["resumed_from"].endswith("checkpoint-2")
+    assert record["global_step"] == 4
+    steps = [json.loads(line)["step"] for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()
+             if "loss" in json.loads(line)]
+    assert steps == [1, 2, 3, 4]  # steps 1-2 from the first run, 3-4 after resuming
+
+
+def test_lora_merge_matches_adapter_logits(tiny_model_dir, tmp_path):
+    from mathrl.models import load_model
+
+    cfg = make_cfg(tiny_model_dir, tmp_path, method="lora", lora_r=4, lora_alpha=8, max_steps=3,
+                   learning_rate=1e-2, format="tags", merge=True)
+    record = run_sft(cfg)
+    assert record["added_tokens"]  # <SOLUTION> etc. were not single tokens in the tiny vocabulary
+    out = tmp_path / "out"
+    adapter_model, tok, _ = load_model(str(out / "adapter"), dtype="fp32", device="cpu")
+    merged_model, tok2, _ = load_model(str(out), dtype="fp32", device="cpu")
+    base_model, _, _ = load_model(str(tiny_model_dir), dtype="fp32", device="cpu")
+    assert len(tok) == len(tok2) and "<SOLUTION>" in tok.get_vocab()
+    ids = tok("What is 12 + 30? <SOLUTION>42</SOLUTION>", return_tensors="pt").input_ids
+    base_ids = ids.clamp(max=base_model.config.vocab_size - 1)
+    with torch.no_grad():
+        a = adapter_model(ids).logits
+        m = merged_model(ids).logits
+        b = base_model(base_ids).logits
+    assert torch.allclose(a, m, atol=1e-4)
+    assert not torch.allclose(a[..., : b.shape[-1]], b, atol=1e-3)  # training changed the model
+
+
+def test_qlora_needs_cuda(tiny_model_dir, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("has CUDA")
+    with pytest.raises(MathrlError, match="qlora needs a CUDA GPU"):
+        run_sft(make_cfg(tiny_model_dir, tmp_path, method="qlora"))
+
+
+def test_stage_sizes_and_bad_values(tiny_model_dir, tmp_path):
+    from mathrl.train.sft import training_samples
+
+    cfg = make_cfg(tiny_model_dir, tmp_path, num_samples=None, stage="rl_prep")
+    assert len(training_samples(cfg)) == 256
+    with pytest.raises(MathrlError, match="loss must be"):
+        make_cfg(tiny_model_dir, tmp_path, loss="half")
+    with pytest.raises(MathrlError, match="stage must be"):
+        make_cfg(tiny_model_dir, tmp_path, stage="huge")
+
+
+def test_yaml_config_errors(tmp_path):
+    bad_key = tmp_path / "a.yaml"
+    bad_key.write_text("learning_rte: 0.1\n")
+    with pytest.raises(MathrlError, match=r"unknown key 'learning_rte' \(did you mean 'learning_rate'\?\)"):
+        cfgmod.resolve(SFTRunConfig, bad_key, {})
+    bad_type = tmp_path / "b.yaml"
+    bad_type.write_text("batch_size: lots\n")
+    with pytest.raises(MathrlError, match="'batch_size' should be int"):
+        cfgmod.resolve(SFTRunConfig, bad_type, {})
+    ok = tmp_path / "c.yaml"
+    ok.write_text("batch_size: 4\nlearning_rate: 1\n")
+    cfg = cfgmod.resolve(SFTRunConfig, ok, {"batch_size": 8, "epochs": None})
+    assert cfg.batch_size == 8 and cfg.learning_rate == 1.0 and cfg.epochs == 1.0
+
+
+def test_shipped_sft_presets_load():
+    from pathlib import Path
+
+    presets = sorted((Path(__file__).resolve().parents[1] / "configs" / "sft").glob("*.yaml"))
+    assert presets
+    for p in presets:
+        cfgmod.resolve(SFTRunConfig, p, {})
