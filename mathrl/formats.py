@@ -58,7 +58,7 @@ class Format:
         return len(before.strip()) >= 10
 
 
-_NUM = r"([-−+]?\$?\s?[\d.,]*\d(?:\.\d+)?(?:\s*/\s*\d+)?)"
+_NUM = r"([-−+]?\$?\s?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?)"
 FORMATS: dict[str, Format] = {
     "gsm8k": Format(
         name="gsm8k",
@@ -76,7 +76,7 @@ FORMATS: dict[str, Format] = {
             "<SOLUTION></SOLUTION>"
         ),
         template="<start_working_out>{reasoning}<end_working_out><SOLUTION>{answer}</SOLUTION>",
-        strict_pattern=r"<SOLUTION>\s*(.*?)\s*</SOLUTION>",
+        strict_pattern=r"(?s)<SOLUTION>(.*?)</SOLUTION>",
         reasoning_start="<start_working_out>",
         reasoning_end="<end_working_out>",
         description="<start_working_out>…<end_working_out><SOLUTION>N</SOLUTION>",
@@ -88,7 +88,7 @@ FORMATS: dict[str, Format] = {
             "answer inside <answer> </answer> tags."
         ),
         template="<think>\n{reasoning}\n</think>\n<answer>{answer}</answer>",
-        strict_pattern=r"<answer>\s*(.*?)\s*</answer>",
+        strict_pattern=r"(?s)<answer>(.*?)</answer>",
         reasoning_start="<think>",
         reasoning_end="</think>",
         description="<think>…</think><answer>N</answer>",
@@ -97,7 +97,7 @@ FORMATS: dict[str, Format] = {
         name="boxed",
         instruction="Solve the problem step by step and put the final numeric answer in \\boxed{}.",
         template="{reasoning}\nThe final answer is $\\boxed{{{answer}}}$.",
-        strict_pattern=r"\\boxed\s*\{\s*([^{}]*(?:\{[^{}]*\}[^{}]*)*)\}",
+        strict_pattern=r"\\boxed\s*\{([^{}]*(?:\{[^{}]*\}[^{}]*)*)\}",
         description="working, then \\boxed{N}",
     ),
     "answer_is": Format(

@@ -56,17 +56,25 @@ def format_number(value: Fraction) -> str:
     return text.rstrip("0").rstrip(".") if "." in text else text
 
 
+_BOXED_TOKENS = re.compile(r"\\(?:boxed|fbox)\s*\{|[{}]")
+
+
 def _boxed_contents(text: str) -> list[str]:
-    """Contents of every \\boxed{...} / \\fbox{...}, nested braces allowed."""
-    found = []
-    for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text):
-        depth, i = 1, m.end()
-        while i < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            i += 1
-        if depth == 0:
-            found.append(text[m.end() : i - 1])
-    return found
+    """Contents of every \\boxed{...} / \\fbox{...}, nested braces allowed, in order of opening.
+
+    One pass with a stack, so unclosed or deeply nested braces cost linear time."""
+    stack: list[tuple[bool, int]] = []
+    found: list[tuple[int, str]] = []
+    for m in _BOXED_TOKENS.finditer(text):
+        tok = m.group(0)
+        if tok == "}":
+            if stack:
+                boxed, start = stack.pop()
+                if boxed:
+                    found.append((start, text[start : m.start()]))
+        else:
+            stack.append((tok != "{", m.end()))
+    return [content for _, content in sorted(found)]
 
 
 def parse_number(text: str | None) -> Fraction | None:
