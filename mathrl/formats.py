@@ -76,7 +76,7 @@ FORMATS: dict[str, Format] = {
             "<SOLUTION></SOLUTION>"
         ),
         template="<start_working_out>{reasoning}<end_working_out><SOLUTION>{answer}</SOLUTION>",
-        strict_pattern=r"(?s)<SOLUTION>(.*?)</SOLUTION>",
+        strict_pattern=r"(?s)<SOLUTION>((?:(?!<SOLUTION>).)*?)</SOLUTION>",  # tempered: linear time
         reasoning_start="<start_working_out>",
         reasoning_end="<end_working_out>",
         description="<start_working_out>…<end_working_out><SOLUTION>N</SOLUTION>",
@@ -88,7 +88,7 @@ FORMATS: dict[str, Format] = {
             "answer inside <answer> </answer> tags."
         ),
         template="<think>\n{reasoning}\n</think>\n<answer>{answer}</answer>",
-        strict_pattern=r"(?s)<answer>(.*?)</answer>",
+        strict_pattern=r"(?s)<answer>((?:(?!<answer>).)*?)</answer>",
         reasoning_start="<think>",
         reasoning_end="</think>",
         description="<think>…</think><answer>N</answer>",
@@ -104,7 +104,7 @@ FORMATS: dict[str, Format] = {
         name="answer_is",
         instruction="Solve the problem step by step. End with 'The answer is N.' where N is the final number.",
         template="{reasoning}\nThe answer is {answer}.",
-        strict_pattern=r"[Tt]he (?:final )?answer is:?\s*" + _NUM,
+        strict_pattern=r"[Tt]he (?:final )?answer is:?\s*\**\s*" + _NUM,  # also "is **18**"
         description="working, then 'The answer is N.'",
     ),
 }

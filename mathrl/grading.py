@@ -77,8 +77,14 @@ def _boxed_contents(text: str) -> list[str]:
     return [content for _, content in sorted(found)]
 
 
+def _as_text(value: object) -> str:
+    """Model output and gold answers arrive as str, int, float or None from various harnesses."""
+    return value if isinstance(value, str) else "" if value is None else str(value)
+
+
 def parse_number(text: str | None) -> Fraction | None:
     """The first number in `text` (boxed content first), or None. Never raises."""
+    text = _as_text(text)
     if not text:
         return None
     try:
@@ -102,6 +108,7 @@ def normalize(text: str | None) -> str | None:
 
 def extract_flexible(text: str | None, pattern: str | None = None) -> str | None:
     """Last number in the completion (or the last match of `pattern`), normalised."""
+    text = _as_text(text)
     if not text:
         return None
     try:
@@ -117,6 +124,7 @@ def extract_flexible(text: str | None, pattern: str | None = None) -> str | None
 
 def extract_strict(text: str | None, pattern: str, take: str = "last") -> str | None:
     """The number inside the format's own answer marker (`pattern` has one capture group)."""
+    text = _as_text(text)
     if not text:
         return None
     try:
@@ -132,6 +140,7 @@ def answers_match(pred: str | None, gold: str | None) -> bool:
     """Numeric comparison with a small relative tolerance; math-verify when gold is not a number."""
     if pred is None or gold is None:
         return False
+    pred, gold = _as_text(pred), _as_text(gold)
     p, g = parse_number(pred), parse_number(gold)
     if p is not None and g is not None and _is_plain_number(gold):
         return p == g or abs(p - g) <= REL_TOL * max(1, abs(g))
