@@ -139,8 +139,10 @@ def grade(
             raise MathrlError(f"{input}:{line}: missing field {completion_field!r}")
         if gf not in row or row[gf] in (None, ""):
             raise MathrlError(f"{input}:{line}: missing field {gf!r}")
-        _, final = split_answer(str(row[gf]))
-        gold = grading.normalize(final if final is not None else str(row[gf])) or str(row[gf])
+        _, final = split_answer(grading.answer_text(row[gf]))
+        gold_text = final if final is not None else grading.answer_text(row[gf])
+        # a plain number is normalised; anything else (\\sqrt{2}) stays whole for math-verify
+        gold = grading.normalize(gold_text) if grading.is_plain_number(gold_text) else gold_text
         text = str(row[completion_field] or "")
         strict, flexible = fmt.extract_strict(text), fmt.extract_flexible(text)
         verdict = {"pred_strict": strict, "pred_flexible": flexible,

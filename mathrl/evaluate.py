@@ -211,6 +211,11 @@ def run_eval(cfg: EvalConfig, model_bundle: tuple[Any, Any, dict[str, Any]] | No
     elif (out / "summary.json").exists():  # nothing left to generate: keep what the last run recorded
         previous = json.loads((out / "summary.json").read_text())
         model_info, gen_stats = previous.get("model", model_info), previous.get("generation", {})
+    else:  # all rows written but the summary was not (a kill right after the last batch)
+        path, kind = models.resolve(cfg.model)
+        model_info = {"name": cfg.model, "kind": kind, "path": path,
+                      "revision": cfg.revision or models.model_revision(path, kind),
+                      "dtype": str(models.pick_dtype(cfg.dtype)).replace("torch.", "")}
     wanted = {s.id for s in samples}
     rows = [r for r in done_rows if r["id"] in wanted]
     order = {s.id: i for i, s in enumerate(samples)}

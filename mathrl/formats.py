@@ -54,8 +54,17 @@ class Format:
             end = text.find(self.reasoning_end, start + 1)
             return start >= 0 and end > start and text[start + len(self.reasoning_start) : end].strip() != ""
         m = re.search(self.strict_pattern, text)
-        before = text[: m.start()] if m else text
+        before = (text[: m.start()] if m else text).strip()
+        lead = self._answer_lead()
+        if lead and before.endswith(lead):  # the template's own words ("The final answer is $") are not working
+            before = before[: -len(lead)]
         return len(before.strip()) >= 10
+
+    def _answer_lead(self) -> str:
+        """Fixed template text between the working and the answer marker, e.g. 'The final answer is $'."""
+        dummy = self.render("", "0")
+        m = re.search(self.strict_pattern, dummy)
+        return dummy[: m.start()].strip() if m else ""
 
 
 _NUM = r"([-−+]?\$?\s?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?)"

@@ -16,12 +16,14 @@ from fractions import Fraction
 MAX_DIGITS = 64
 REL_TOL = 1e-6
 
-# A number as people write it: optional sign (not a hyphen glued to a word or digit, so "3-5" gives
-# 5), optional currency, digits with thousands separators or plain, optional decimals.
+# A number as people write it: optional sign glued to it (not a hyphen after a word or digit, so
+# "3-5" gives 5; "3 - 5" gives 5 too), optional currency, digits with thousands separators or
+# plain, optional decimals. The match starts at the sign, "$" or first digit, so a fraction after a
+# space ("is 3/4") is seen whole by the fraction alternative, which is tried first.
 _NUM = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+"
-_SIGNED = rf"(?:(?<![\w\)\]])[-−+])?\s?\$?\s?(?:{_NUM})"
-_LATEX_FRAC = r"\\[dt]?frac\s*\{\s*(-?\d+)\s*\}\s*\{\s*(-?\d+)\s*\}"
-_SLASH_FRAC = r"(?<![\d/.])(-?\d+)\s*/\s*(\d+)(?![\d/]|\.\d)"
+_SIGNED = rf"(?:(?<![\w\)\]])[-−+](?=[$\d.]))?(?:\$\s?)?(?:{_NUM})"
+_LATEX_FRAC = r"(?P<lneg>-\s*)?\\[dt]?frac\s*\{\s*(?P<ln>-?\d+)\s*\}\s*\{\s*(?P<ld>-?\d+)\s*\}"
+_SLASH_FRAC = r"(?<![\d/.])(?P<sn>-?\d+)\s*/\s*(?P<sd>\d+)(?![\d/]|\.\d)"
 NUMBER_RE = re.compile(rf"{_LATEX_FRAC}|{_SLASH_FRAC}|(?P<num>{_SIGNED})")
 # GSM8K calculator annotations: <<48/2=24>>. Dropped before the flexible extractor looks for the
 # last number, so "<<2*3=6>>" followed by nothing does not yield the 6 inside the brackets alone.
@@ -41,10 +43,13 @@ def _to_fraction(token: str) -> Fraction | None:
 def _match_value(m: re.Match) -> Fraction | None:
     if m.group("num") is not None:
         return _to_fraction(m.group("num"))
-    num, den = (m.group(1), m.group(2)) if m.group(1) is not None else (m.group(3), m.group(4))
+    if m.group("ln") is not None:
+        num, den, sign = m.group("ln"), m.group("ld"), -1 if m.group("lneg") else 1
+    else:
+        num, den, sign = m.group("sn"), m.group("sd"), 1
     if len(num) + len(den) > MAX_DIGITS or int(den) == 0:
         return None
-    return Fraction(int(num), int(den))
+    return sign * Fraction(int(num), int(den))
 
 
 def format_number(value: Fraction) -> str:
@@ -78,8 +83,20 @@ def _boxed_contents(text: str) -> list[str]:
 
 
 def _as_text(value: object) -> str:
-    """Model output and gold answers arrive as str, int, float or None from various harnesses."""
-    return value if isinstance(value, str) else "" if value is None else str(value)
+    """Model output and gold answers arrive as str, int, float or None from various harnesses.
+    Floats are written in positional notation: str(1e-05) would read as 1."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    if isinstance(value, float) and value == value and abs(value) != float("inf"):
+        return format(Decimal(repr(value)), "f")
+    return str(value)
+
+
+def answer_text(value: object) -> str:
+    """A gold answer from a data file (string or JSON number) as text the grader reads."""
+    return _as_text(value).strip()
 
 
 def parse_number(text: str | None) -> Fraction | None:
@@ -142,21 +159,31 @@ def answers_match(pred: str | None, gold: str | None) -> bool:
         return False
     pred, gold = _as_text(pred), _as_text(gold)
     p, g = parse_number(pred), parse_number(gold)
-    if p is not None and g is not None and _is_plain_number(gold):
+    if p is not None and g is not None and is_plain_number(gold):
         return p == g or abs(p - g) <= REL_TOL * max(1, abs(g))
     return _math_verify(pred, gold)
 
 
-def _is_plain_number(text: str) -> bool:
-    return re.fullmatch(rf"\s*(?:{_SIGNED})\s*%?\s*", text) is not None
+def is_plain_number(text: str) -> bool:
+    """True for '18', '-2.5', '$1,000', '50%', '3/4', '\\frac{3}{4}': one number and nothing else."""
+    text = _as_text(text).strip().rstrip("%").strip()
+    m = NUMBER_RE.fullmatch(text)
+    return m is not None
+
+
+# math-verify parses LaTeX with sympy: huge powers or factorials can take forever, so inputs are
+# capped in size and both steps get a time limit (enforced where signals work: the main thread).
+_MV_MAX_CHARS = 200
 
 
 def _math_verify(pred: str, gold: str) -> bool:
+    if len(pred) > _MV_MAX_CHARS or len(gold) > _MV_MAX_CHARS or "!" in pred + gold or (pred + gold).count("^") > 2:
+        return False
     try:
         from math_verify import parse, verify
 
-        gold_parsed = parse(gold if "$" in gold or "\\" in gold else f"${gold}$", parsing_timeout=None)
-        pred_parsed = parse(pred if "$" in pred or "\\" in pred else f"${pred}$", parsing_timeout=None)
-        return bool(gold_parsed and pred_parsed and verify(gold_parsed, pred_parsed, timeout_seconds=None))
+        gold_parsed = parse(gold if "$" in gold else f"${gold}$", parsing_timeout=2)
+        pred_parsed = parse(pred if "$" in pred else f"${pred}$", parsing_timeout=2)
+        return bool(gold_parsed and pred_parsed and verify(gold_parsed, pred_parsed, timeout_seconds=2))
     except Exception:  # noqa: BLE001 - the grader must never raise on model text
         return False

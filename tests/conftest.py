@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# No network: set before transformers/datasets/huggingface_hub are imported (they read these at import time).
+for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ.setdefault(_var, "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GSM8K_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
@@ -32,12 +37,12 @@ _CORPUS = [
 ]
 
 
-def build_tiny_model(target: Path) -> Path:
+def build_tiny_model(target: Path, seed: int = 0) -> Path:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
@@ -69,8 +74,20 @@ def build_tiny_model(target: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    """Directory with a tiny random LlamaForCausalLM + ChatML BPE tokenizer, made offline."""
+    """Directory with a tiny random LlamaForCausalLM + ChatML BPE tokenizer, made offline.
+
+    Also pins torch to one thread: for a model this small, thread hand-offs dominate, and on a shared
+    2-core machine two threads are ~30x slower than one."""
+    import torch
+
+    torch.set_num_threads(1)
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def build_tiny():
+    """`build_tiny(path, seed)`: another tiny model (same tokenizer, other random weights)."""
+    return build_tiny_model
 
 
 @pytest.fixture(scope="session")
@@ -95,11 +112,3 @@ def gsm8k_dir(monkeypatch) -> Path:
         pytest.skip(f"GSM8K data not found at {GSM8K_DIR}")
     monkeypatch.setenv("MATHRL_DATA_DIR", str(GSM8K_DIR))
     return GSM8K_DIR
-
-
-@pytest.fixture(autouse=True)
-def _no_hub(monkeypatch):
-    """Never touch the network: the hub and datasets are forced offline in every test."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")

@@ -31,10 +31,12 @@ class JsonlTask(Task):
             for f in (qf, af):
                 if f not in row or row[f] in (None, ""):
                     raise MathrlError(f"{path}:{line}: missing field {f!r}")
-            solution, final = split_answer(str(row[af]))
-            gold = grading.normalize(final if final is not None else str(row[af]))
+            raw = grading.answer_text(row[af])
+            solution, final = split_answer(raw)
+            final_text = final if final is not None else raw
+            gold = grading.normalize(final_text) if grading.is_plain_number(final_text) else None
             if gold is None:
-                raise MathrlError(f"{path}:{line}: answer {str(row[af])[:40]!r} is not a number")
+                raise MathrlError(f"{path}:{line}: answer {final_text[:40]!r} is not a number")
             if sf and row.get(sf):
                 solution = str(row[sf])
             elif final is None:
@@ -45,7 +47,7 @@ class JsonlTask(Task):
                     question=str(row[qf]).strip(),
                     answer=gold,
                     solution=clean_solution(solution) if solution else None,
-                    meta={"raw_answer": str(row[af])} if final is not None else {},
+                    meta={"raw_answer": raw} if final is not None else {},
                 )
             )
         return samples
