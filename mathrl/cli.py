@@ -217,6 +217,7 @@ def sft(
     num_samples: Optional[int] = typer.Option(None, help="Training samples (overrides --stage)."),
     epochs: Optional[float] = typer.Option(None),
     max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps."),
+    max_minutes: Optional[float] = typer.Option(None, help="Stop (and save) after this much training time."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate."),
     batch_size: Optional[int] = typer.Option(None),
     grad_accum: Optional[int] = typer.Option(None),
@@ -236,7 +237,7 @@ def sft(
     targets = lora_targets.split(",") if lora_targets and lora_targets != "all-linear" else lora_targets
     overrides = dict(model=model, task=task, task_config=task_config, data_dir=data_dir, format=format,
                      chat_template=chat_template, loss=loss, method=method, stage=stage, num_samples=num_samples,
-                     epochs=epochs, max_steps=max_steps, learning_rate=lr, batch_size=batch_size, grad_accum=grad_accum,
+                     epochs=epochs, max_steps=max_steps, max_minutes=max_minutes, learning_rate=lr, batch_size=batch_size, grad_accum=grad_accum,
                      lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=targets, dtype=dtype, save_steps=save_steps,
                      seed=seed, report_to=report_to, merge=merge, resume=resume or None, output_dir=output_dir)
     if task_arg:

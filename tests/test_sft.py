@@ -133,3 +133,9 @@ def test_shipped_sft_presets_load():
     assert presets
     for p in presets:
         cfgmod.resolve(SFTRunConfig, p, {})
+
+
+def test_time_budget_stops_training(tiny_model_dir, tmp_path):
+    record = run_sft(make_cfg(tiny_model_dir, tmp_path, max_steps=500, max_minutes=1e-9))
+    assert record["global_step"] == 1  # stopped after the first step, and saved
+    assert (tmp_path / "out" / "model.safetensors").exists()

@@ -46,6 +46,24 @@ def make_log_callback(output_dir: str | Path, plot_keys: tuple[str, ...] = ("los
     return TrainLog()
 
 
+def make_time_budget_callback(max_minutes: float) -> Any:
+    """Stop training (and save) once `max_minutes` of wall time have passed: CPU runs fit a budget."""
+    from transformers import TrainerCallback
+
+    class TimeBudget(TrainerCallback):
+        start: float | None = None
+
+        def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
+            if self.start is not None and time.perf_counter() - self.start > max_minutes * 60:
+                control.should_training_stop = True
+                control.should_save = True
+
+    return TimeBudget()
+
+
 def read_log(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.exists():

@@ -40,6 +40,7 @@ class SFTRunConfig:
     sample_seed: int = 0
     epochs: float = 1.0
     max_steps: int = field(default=-1, metadata={"help": "stop after this many optimizer steps (-1: epochs decide)"})
+    max_minutes: float | None = field(default=None, metadata={"help": "stop (and save) after this much training time"})
     learning_rate: float = 1e-4
     lr_scheduler: str = "cosine"
     warmup_ratio: float = 0.05
@@ -163,8 +164,11 @@ def build_trainer(cfg: SFTRunConfig) -> tuple[Any, list[Sample], dict[str, Any],
     if cfg.method in ("lora", "qlora"):
         ids = tokenizer.convert_tokens_to_ids(new_tokens) if new_tokens else None
         peft_config = common.lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets, ids)
+    callbacks = [common.make_log_callback(out, ("loss", "learning_rate", "grad_norm"))]
+    if cfg.max_minutes:
+        callbacks.append(common.make_time_budget_callback(cfg.max_minutes))
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config,
-                         callbacks=[common.make_log_callback(out, ("loss", "learning_rate", "grad_norm"))])
+                         callbacks=callbacks)
     return trainer, samples, info, new_tokens
 
 
