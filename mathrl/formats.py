@@ -157,9 +157,11 @@ class Protocol:
         return replace(fmt, **overrides) if overrides else fmt
 
 
-# lm-evaluation-harness 0.4 `gsm8k` task: 5-shot from the first train examples with their original
-# answers, "Question: …\nAnswer:" without chat template, greedy, stop at "Question:", strict regex
-# on "#### N" and flexible "last number-like run".
+# lm-evaluation-harness 0.4 `gsm8k` task settings: "Question: …\nAnswer:" without chat template,
+# 5 shots with their original answers, greedy, stop at "Question:", strict regex on "#### N" and
+# flexible "last number-like run". One difference: stock lm-eval draws 5 seeded random train
+# examples per question; this preset uses the first 5 for every question (lm-eval's `first_n`
+# sampler), which keeps one shared prompt prefix. benchmarks/lmeval_compare.py runs lm-eval both ways.
 PROTOCOLS: dict[str, dict[str, Any]] = {
     "lm-eval-gsm8k": dict(
         name="lm-eval-gsm8k",
