@@ -69,13 +69,15 @@ class HFGenerator:
 
     name = "hf"
 
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 32, min_shared_prefix: int = 32, progress: bool = True):
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 32, min_shared_prefix: int = 32, progress: bool = True,
+                 segment_tokens: int = 32):
         if batch_size < 1:
             raise MathrlError(f"--batch-size must be at least 1, got {batch_size}")
         self.model, self.tokenizer = model, tokenizer
         self.batch_size = batch_size
         self.min_shared_prefix = min_shared_prefix
         self.progress = progress
+        self.segment_tokens = segment_tokens  # decode this many tokens between drops of finished rows
         self._prefix: tuple[tuple[int, ...], Any] | None = None
         self.stats = {"prompt_tokens": 0, "prefix_tokens": 0, "generated_tokens": 0, "seconds": 0.0}
 
@@ -96,6 +98,49 @@ class HFGenerator:
                 self.model(torch.tensor([prefix], device=self.model.device), past_key_values=cache, use_cache=True)
             self._prefix = (key, cache)
         return self._prefix[1]
+
+    def _generate_compacting(self, kwargs: dict[str, Any], eos_ids: list[int], stops: Sequence[str]) -> list[list[int]]:
+        """`model.generate` in segments of `segment_tokens`, dropping finished rows between segments.
+
+        A batch otherwise decodes every row until its longest row stops: with a few runaway rows most
+        of the work is padding. Kept rows continue from the same KV cache (rows selected with
+        `batch_select_indices`), so greedy results are those of one uninterrupted `generate`.
+        """
+        import torch
+
+        ids, mask = kwargs.pop("input_ids"), kwargs.pop("attention_mask")
+        cache = kwargs.pop("past_key_values", None)
+        budget = kwargs.pop("max_new_tokens")
+        eos = set(eos_ids)
+        new: list[list[int]] = [[] for _ in range(ids.shape[0])]
+        active = list(range(ids.shape[0]))
+        done = 0
+        while active and done < budget:
+            step = min(self.segment_tokens, budget - done)
+            out = self.model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache, max_new_tokens=step,
+                                      return_dict_in_generate=True, **kwargs)
+            seqs, cache = out.sequences, out.past_key_values
+            gen = seqs[:, ids.shape[1] :]
+            keep = []
+            for local, row in enumerate(active):
+                toks = gen[local].tolist()
+                new[row] += toks
+                finished = any(t in eos for t in toks)
+                if not finished and stops:
+                    finished = cut_at_stop(self.tokenizer.decode(new[row], skip_special_tokens=True), stops)[1]
+                if not finished:
+                    keep.append(local)
+            done += gen.shape[1]
+            if not keep or gen.shape[1] < step:
+                break
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], gen.shape[1])], dim=1)
+            if len(keep) < len(active):
+                idx = torch.tensor(keep, device=seqs.device)
+                seqs, mask = seqs[idx], mask[idx]
+                cache.batch_select_indices(idx)
+            ids = seqs
+            active = [active[k] for k in keep]
+        return new
 
     def stream(self, prompts: Sequence[str], params: SamplingParams, add_special_tokens: bool = False) -> Iterator[tuple[list[int], list[list[Completion]]]]:
         """Yield (prompt indices, their completions) batch by batch, longest prompts first."""
@@ -141,8 +186,7 @@ class HFGenerator:
                 cache.batch_repeat_interleave(len(rows))
                 kwargs["past_key_values"] = cache
             with torch.no_grad():
-                out = self.model.generate(**kwargs)
-            new = out[:, input_ids.shape[1] :].tolist()
+                new = self._generate_compacting(kwargs, eos_ids, params.stop)
             results: list[list[Completion]] = []
             for j, seq in enumerate(new):
                 n = next((k for k, t in enumerate(seq) if t in eos_ids), len(seq))

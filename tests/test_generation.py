@@ -185,3 +185,23 @@ def test_num_samples_returns_k_completions(model_tok, prompts):
     other = HFGenerator(model, tok, batch_size=4, progress=False).generate(prompts[:3], SamplingParams(
         max_new_tokens=6, temperature=1.0, num_samples=3, seed=8))
     assert _texts(other) != _texts(out)
+
+
+@pytest.mark.parametrize("segment_tokens", [1, 3])
+def test_dropping_finished_rows_between_segments_keeps_greedy_output(model_tok, prompts, segment_tokens):
+    """Rows that stop early are dropped from the batch between segments; the rest continue from the
+    same KV cache, so every text must equal one uninterrupted `generate` per prompt."""
+    model, tok = model_tok
+    whole = HFGenerator(model, tok, batch_size=8, min_shared_prefix=1, progress=False, segment_tokens=1000)
+    params = SamplingParams(max_new_tokens=10)
+    reference = whole.generate(prompts, params)
+    # a stop string taken from one completion makes rows finish at different steps
+    texts = [r[0].text for r in reference]
+    stop_word = next(t[-3:] for t in texts if len(t) > 6 and sum(t[-3:] in u for u in texts) < len(texts) - 1)
+    params = SamplingParams(max_new_tokens=10, stop=[stop_word])
+    expect = whole.generate(prompts, params)
+    got = HFGenerator(model, tok, batch_size=8, min_shared_prefix=1, progress=False,
+                      segment_tokens=segment_tokens).generate(prompts, params)
+    assert _texts(got) == _texts(expect)
+    assert [r[0].finish_reason for r in got] == [r[0].finish_reason for r in expect]
+    assert {r[0].finish_reason for r in got} == {"stop", "length"}  # some rows really finished early
