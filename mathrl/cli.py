@@ -294,6 +294,20 @@ def chat(
 
 
 @app.command()
+def report(
+    run_dirs: list[Path] = typer.Argument(..., help="Evaluation, training or experiment directories (searched recursively)."),
+    output_dir: Path = typer.Option(..., help="Where comparison.csv, paired.csv, the plots and report.html go."),
+    metric: str = typer.Option("strict", help="strict or flexible: the metric of the plots and paired tests."),
+    bootstrap: int = typer.Option(2000, help="Bootstrap resamples for the 95% intervals."),
+    seed: int = typer.Option(0, help="Bootstrap seed."),
+) -> None:
+    """Compare evaluations: accuracy with bootstrap intervals, McNemar tests, plots and report.html."""
+    from mathrl.report import build_report, print_report
+
+    print_report(build_report(run_dirs, output_dir, metric=metric, n_resamples=bootstrap, seed=seed))
+
+
+@app.command()
 def tasks() -> None:
     """List registered tasks and their configs."""
     from mathrl.tasks import TASKS

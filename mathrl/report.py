@@ -1,0 +1,390 @@
+"""Report: find evaluations and training runs under run directories, compare them, write CSV/PNG/HTML.
+
+    build_report([Path("runs/demo")], Path("runs/demo/report"))  ->  comparison.csv, paired.csv,
+    report.json, accuracy_bar.png, accuracy_grouped.png, eval_template_scatter.png, curves_<run>.png,
+    report.html
+
+Evaluations are directories with summary.json + results.jsonl (from `mathrl eval`), training runs
+directories with train_log.jsonl. A `stages.json` / `experiment.json` manifest beside them (written by
+`mathrl run`) gives nicer model names and training methods; without one they are inferred.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+from mathrl import stats
+from mathrl.errors import MathrlError
+from mathrl.files import atomic_write_csv, atomic_write_json, atomic_write_text, iter_jsonl
+
+METRICS = ("strict", "flexible")
+METHODS = ("base", "sft", "grpo", "ppo")  # display order; anything else sorts after
+MANIFESTS = ("stages.json", "experiment.json")
+COMPARISON_COLUMNS = ("label", "model", "method", "task", "format", "chat_template", "shots", "setting", "n",
+                      "accuracy_strict", "ci_low_strict", "ci_high_strict", "accuracy_flexible", "ci_low_flexible",
+                      "ci_high_flexible", "thinking_proportion", "answer_proportion", "mean_tokens",
+                      "truncated_proportion", "tokens_per_second", "path")
+PAIRED_COLUMNS = ("task", "eval_a", "eval_b", "varies", "n_shared", "metric", "accuracy_a", "accuracy_b", "diff_b_minus_a",
+                  "diff_ci_low", "diff_ci_high", "p_value", "a_right_b_wrong", "a_wrong_b_right")
+
+
+@dataclass
+class EvalRun:
+    label: str
+    path: Path
+    summary: dict[str, Any]
+    rows: dict[str, dict[str, Any]]  # question id -> first sample
+    model: str = ""
+    method: str = "unknown"
+    setting: str = ""
+
+    @property
+    def task(self) -> str:
+        t = self.summary.get("task", {})
+        return ":".join(str(x) for x in (t.get("name", "?"), t.get("config"), t.get("split", "test")) if x is not None)
+
+    @property
+    def protocol(self) -> dict[str, Any]:
+        return self.summary.get("protocol", {})
+
+    def verdicts(self, metric: str) -> list[bool]:
+        return [bool(r.get(f"correct_{metric}")) for r in self.rows.values()]
+
+
+@dataclass
+class TrainRun:
+    label: str
+    path: Path
+    log: list[dict[str, Any]]
+    record: dict[str, Any] = field(default_factory=dict)
+    method: str = "unknown"
+
+
+# ---------------------------------------------------------------- discovery
+
+def _skipped(rel: Path) -> bool:
+    # trainer checkpoints and hidden dirs hold copies, not runs of their own
+    return any(p.startswith((".", "checkpoint-")) for p in rel.parts)
+
+
+def _find(root: Path, marker: str) -> list[Path]:
+    if (root / marker).is_file():
+        return [root]
+    return sorted(p.parent for p in root.rglob(marker) if not _skipped(p.parent.relative_to(root)))
+
+
+def _label(root: Path, d: Path) -> str:
+    return d.name if d == root else d.relative_to(root).as_posix()
+
+
+def read_manifest(root: Path) -> dict[str, dict[str, Any]]:
+    """Stage name (and output_dir) -> {kind, model, method, setting, ...} from a runner manifest
+    (`mathrl run` writes experiment.json), or {} when absent. Accepts {"stages": {name: {...}}},
+    {"stages": [{"name": ..., ...}]} or {name: {...}}."""
+    for name in MANIFESTS:
+        path = root / name
+        if not path.is_file():
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise MathrlError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+        stages = data.get("stages", data) if isinstance(data, dict) else data
+        if isinstance(stages, list):
+            stages = {str(s.get("name")): s for s in stages if isinstance(s, dict) and s.get("name")}
+        if isinstance(stages, dict):
+            out = {str(k): v for k, v in stages.items() if isinstance(v, dict)}
+            # a stage's directory may differ from its name: index by output_dir as well
+            return out | {str(v["output_dir"]).strip("/"): v for v in out.values() if v.get("output_dir")}
+    return {}
+
+
+def load_eval(path: Path, label: str) -> EvalRun:
+    try:
+        summary = json.loads((path / "summary.json").read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise MathrlError(f"{path / 'summary.json'}:{e.lineno}: invalid JSON ({e.msg})") from None
+    # load_partial_jsonl tolerates a torn last line of a killed run, but repairs the file in place;
+    # a report must never write into an evaluation, so read strictly (errors name file and line)
+    rows = [r for _, r in iter_jsonl(path / "results.jsonl")]
+    return EvalRun(label, path, summary, stats.first_sample_by_id(rows))
+
+
+def load_train(path: Path, label: str) -> TrainRun:
+    log = load_partial_jsonl_readonly(path / "train_log.jsonl")
+    record: dict[str, Any] = {}
+    if (path / "mathrl_config.json").is_file():
+        try:
+            record = json.loads((path / "mathrl_config.json").read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            record = {}  # a half-written record must not stop the report of everything else
+    return TrainRun(label, path, log, record, _method_from_record(record) or _method_from_name(label))
+
+
+def load_partial_jsonl_readonly(path: Path) -> list[dict[str, Any]]:
+    """Rows of a log that may still be growing: stop at the first torn or malformed line."""
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                break
+            if isinstance(obj, dict):
+                rows.append(obj)
+    return rows
+
+
+def discover(run_dirs: list[Path]) -> tuple[list[EvalRun], list[TrainRun]]:
+    evals: list[EvalRun] = []
+    trains: list[TrainRun] = []
+    manifest: dict[str, dict[str, Any]] = {}
+    for root in run_dirs:
+        root = Path(root)
+        if not root.is_dir():
+            raise MathrlError(f"{root}: no such directory")
+        manifest |= read_manifest(root)
+        evals += [load_eval(d, _label(root, d)) for d in _find(root, "summary.json") if (d / "results.jsonl").is_file()]
+        trains += [load_train(d, _label(root, d)) for d in _find(root, "train_log.jsonl")]
+    _dedupe_labels(evals)
+    _dedupe_labels(trains)
+    for ev in evals:
+        _describe(ev, trains, manifest)
+    for tr in trains:
+        tr.method = (manifest.get(tr.label) or {}).get("method") or tr.method
+    return evals, trains
+
+
+def _dedupe_labels(runs: list[Any]) -> None:
+    # several RUN_DIRs can hold the same relative names (two experiments' sft-eval): add the parent
+    seen: dict[str, int] = {}
+    for r in runs:
+        seen[r.label] = seen.get(r.label, 0) + 1
+    for r in runs:
+        if seen[r.label] > 1:
+            r.label = f"{r.path.parent.name}/{r.label}"
+
+
+# ---------------------------------------------------------------- model, method, setting
+
+def _method_from_name(text: str) -> str | None:
+    words = re.split(r"[^a-z0-9]+", text.lower())
+    for method in ("grpo", "ppo", "sft", "base"):
+        if any(w == method or w.startswith(method) for w in words):
+            return method
+    return None
+
+
+def _method_from_record(record: dict[str, Any]) -> str | None:
+    """Training method from a mathrl_config.json record: an explicit trainer name, else the config's
+    telltale settings (GRPO has generations per prompt and rewards; SFT a loss on solutions)."""
+    for key in ("trainer", "algorithm", "training_method"):
+        if str(record.get(key, "")).lower() in METHODS:
+            return str(record[key]).lower()
+    cfg = record.get("config", {})
+    if not isinstance(cfg, dict) or not cfg:
+        return None
+    if "ppo" in str(cfg.get("trainer", "")).lower() or "vf_coef" in cfg:
+        return "ppo"
+    if any(k in cfg for k in ("num_generations", "reward_funcs", "rewards", "beta")):
+        return "grpo"
+    if "loss" in cfg:
+        return "sft"
+    return None
+
+
+def _describe(ev: EvalRun, trains: list[TrainRun], manifest: dict[str, dict[str, Any]]) -> None:
+    """Fill model, method and setting: the manifest first, then the model record, then names."""
+    info = ev.summary.get("model", {})
+    name = str(info.get("name") or info.get("path") or "?")
+    stage = manifest.get(ev.label) or manifest.get(ev.label.split("/")[0]) or {}
+    trained = _training_dir(info, trains)
+    record: dict[str, Any] = {}
+    if trained is not None:
+        record = trained.record
+    elif info.get("kind") == "local" and info.get("path"):
+        rec_path = Path(str(info["path"])) / "mathrl_config.json"
+        if rec_path.is_file():
+            try:
+                record = json.loads(rec_path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError:
+                record = {}
+    ev.model = str(stage.get("model") or (trained.label if trained else None)
+                   or (Path(name).name if info.get("kind") == "local" else name))
+    ev.method = str(stage.get("method") or (trained.method if trained and trained.method != "unknown" else None)
+                    or _method_from_record(record) or _method_from_name(name) or _method_from_name(ev.label)
+                    or ("base" if info.get("kind") in ("embedded", "hub") else "unknown"))
+    p = ev.protocol
+    default = f"{p.get('format', '?')} · {'chat' if p.get('chat_template', True) else 'no chat'} · {p.get('shots', 0)}-shot"
+    ev.setting = str(stage.get("setting") or default)
+
+
+def _training_dir(info: dict[str, Any], trains: list[TrainRun]) -> TrainRun | None:
+    path = info.get("path")
+    if not path:
+        return None
+    target = Path(str(path)).resolve()
+    return next((t for t in trains if t.path.resolve() == target), None)
+
+
+# ---------------------------------------------------------------- tables
+
+def comparison_rows(evals: list[EvalRun], n_resamples: int, seed: int) -> list[dict[str, Any]]:
+    """One row per evaluation; accuracy and its bootstrap interval over the first sample per question."""
+    out = []
+    for ev in evals:
+        p, s = ev.protocol, ev.summary
+        row: dict[str, Any] = {"label": ev.label, "model": ev.model, "method": ev.method, "task": ev.task,
+                               "format": p.get("format"), "chat_template": p.get("chat_template"),
+                               "shots": p.get("shots", 0), "setting": ev.setting, "n": len(ev.rows)}
+        for metric in METRICS:
+            v = ev.verdicts(metric)
+            low, high = stats.bootstrap_ci(v, n_resamples, seed=seed)
+            row |= {f"accuracy_{metric}": round(sum(v) / len(v), 4) if v else 0.0,
+                    f"ci_low_{metric}": round(low, 4), f"ci_high_{metric}": round(high, 4)}
+        row |= {"thinking_proportion": s.get("thinking_proportion"), "answer_proportion": s.get("answer_proportion"),
+                "mean_tokens": s.get("mean_tokens"), "truncated_proportion": s.get("truncated_proportion"),
+                "tokens_per_second": s.get("generation", {}).get("tokens_per_second"), "path": str(ev.path)}
+        out.append(row)
+    return out
+
+
+def paired_rows(evals: list[EvalRun], metric: str, n_resamples: int, seed: int) -> list[dict[str, Any]]:
+    """McNemar and a paired bootstrap for every two evaluations of one task sharing questions."""
+    out = []
+    for a, b in combinations(evals, 2):
+        if a.task != b.task or not a.rows.keys() & b.rows.keys():
+            continue
+        res = stats.paired_comparison(a.rows.values(), b.rows.values(), metric, n_resamples, seed)
+        # McNemar's b and c, named so a reader of the CSV needs no textbook
+        discordant = {"a_right_b_wrong": res.pop("b"), "a_wrong_b_right": res.pop("c")}
+        # what differs between the two: a one-factor comparison is the easiest to read
+        varies = "+".join(k for k, x, y in (("model", a.model, b.model), ("setting", a.setting, b.setting)) if x != y)
+        out.append({"task": a.task, "eval_a": a.label, "eval_b": b.label, "varies": varies or "nothing",
+                    **res, **discordant})
+    return out
+
+
+def training_rows(trains: list[TrainRun]) -> list[dict[str, Any]]:
+    out = []
+    for tr in trains:
+        steps = [r for r in tr.log if "step" in r]
+        alarms = [f"step {r.get('step', '?')}: {a}" for r in tr.log for a in _as_list(r.get("alarm"))]
+        losses = [r["loss"] for r in steps if isinstance(r.get("loss"), (int, float))]
+        rewards = [r["reward"] for r in steps if isinstance(r.get("reward"), (int, float))]
+        out.append({"label": tr.label, "method": tr.method, "steps": max((r["step"] for r in steps), default=0),
+                    "train_seconds": tr.record.get("train_seconds"),
+                    "final_loss": losses[-1] if losses else None, "final_reward": rewards[-1] if rewards else None,
+                    "alarms": alarms, "path": str(tr.path)})
+    return out
+
+
+def _as_list(value: Any) -> list[str]:
+    if not value:
+        return []
+    return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]], columns: tuple[str, ...]) -> Path:
+    if rows:
+        atomic_write_csv(path, rows)
+    else:  # a header alone still tells a script the file is valid and empty
+        atomic_write_text(path, ",".join(columns) + "\n")
+    return path
+
+
+def _sort_key(ev: EvalRun) -> tuple:
+    rank = METHODS.index(ev.method) if ev.method in METHODS else len(METHODS)
+    return (ev.task, rank, ev.model, ev.setting, ev.label)
+
+
+# ---------------------------------------------------------------- the report
+
+def build_report(run_dirs: list[Path], output_dir: Path, metric: str = "strict", n_resamples: int = 2000,
+                 seed: int = 0, max_questions: int = 1000) -> dict[str, Any]:
+    """Discover runs under `run_dirs`, write every report file into `output_dir`, return the tables
+    and the paths written. `metric` (strict|flexible) drives the plots and paired tests; the
+    comparison table always has both."""
+    from mathrl import report_html, report_plots
+
+    if metric not in METRICS:
+        raise MathrlError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    if n_resamples < 1:
+        raise MathrlError(f"--bootstrap must be at least 1, got {n_resamples}")
+    run_dirs = [Path(d) for d in run_dirs]
+    evals, trains = discover(run_dirs)
+    if not evals and not trains:
+        where = ", ".join(str(d) for d in run_dirs)
+        raise MathrlError(f"no evaluations (summary.json + results.jsonl) or training logs (train_log.jsonl) found under {where}")
+    evals.sort(key=_sort_key)
+    trains.sort(key=lambda t: (METHODS.index(t.method) if t.method in METHODS else len(METHODS), t.label))
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    comparison = comparison_rows(evals, n_resamples, seed)
+    paired = paired_rows(evals, metric, n_resamples, seed)
+    training = training_rows(trains)
+    files = {name: str(_write_csv(out / name, rows, cols)) for name, rows, cols in
+             (("comparison.csv", comparison, COMPARISON_COLUMNS), ("paired.csv", paired, PAIRED_COLUMNS))}
+    plots = report_plots.write_all(out, comparison, trains, metric)
+    files |= {p.name: str(p) for p in plots.values() if p is not None}
+    data = {"metric": metric, "bootstrap": {"resamples": n_resamples, "confidence": 0.95, "seed": seed},
+            "run_dirs": [str(d) for d in run_dirs], "comparison": comparison, "paired": paired, "training": training}
+    atomic_write_json(out / "report.json", data)
+    files["report.json"] = str(out / "report.json")
+    html_path = report_html.write_html(out / "report.html", data, evals, plots, max_questions)
+    files["report.html"] = str(html_path)
+    return data | {"files": files, "html": str(html_path), "output_dir": str(out)}
+
+
+def one_factor_pairs(paired: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Pairs that differ in the model only or the eval setting only (both at once confounds the two
+    effects); all pairs when no pair is that simple."""
+    return [r for r in paired if r.get("varies") != "model+setting"] or paired
+
+
+def print_report(res: dict[str, Any], max_pairs: int = 20) -> None:
+    """What `mathrl report` (and `mathrl run` after it) show: the table, the paired tests, the path."""
+    from rich.console import Console
+
+    if res["comparison"]:
+        print_comparison(res["comparison"], res["metric"])
+    pairs = one_factor_pairs(res["paired"])
+    console = Console(highlight=False)
+    for p in pairs[:max_pairs]:
+        console.print(f"{p['eval_b']} vs {p['eval_a']} ({p['n_shared']} questions, {res['metric']}): "
+                      f"{p['diff_b_minus_a'] * 100:+.1f} points [{p['diff_ci_low'] * 100:+.1f}, {p['diff_ci_high'] * 100:+.1f}], "
+                      f"only A right {p['a_right_b_wrong']}, only B right {p['a_wrong_b_right']}, "
+                      f"McNemar p = {p['p_value']:.3g}")
+    if len(res["paired"]) > min(len(pairs), max_pairs):
+        console.print(f"(all {len(res['paired'])} paired comparisons: {res['files']['paired.csv']})")
+    console.print(f"report: {res['html']}")
+
+
+def print_comparison(comparison: list[dict[str, Any]], metric: str = "strict", title: str = "Accuracy") -> None:
+    """The comparison table on the console (rich), primary metric first. Names fold rather than
+    being cut with '…' on a narrow terminal: a label is what you type next."""
+    from rich.console import Console
+    from rich.table import Table
+
+    tasks = list(dict.fromkeys(r["task"] for r in comparison))
+    one_task = len(tasks) == 1
+    table = Table(title=f"{title}{' on ' + tasks[0] if one_task else ''} (95% bootstrap intervals)")
+    other = "flexible" if metric == "strict" else "strict"
+    names = ("eval", "model", "method") + (() if one_task else ("task",)) + ("setting",)
+    for col in names:
+        table.add_column(col, overflow="fold")
+    for col in ("n", metric, other):
+        table.add_column(col, justify="right")
+
+    def acc(r: dict[str, Any], m: str) -> str:
+        return f"{r[f'accuracy_{m}']:.1%} [{r[f'ci_low_{m}']:.1%}, {r[f'ci_high_{m}']:.1%}]"
+
+    for r in comparison:
+        cells = [r["label"], str(r["model"]), str(r["method"])] + ([] if one_task else [r["task"]])
+        table.add_row(*cells, str(r["setting"]), str(r["n"]), acc(r, metric), acc(r, other))
+    Console().print(table)
