@@ -249,6 +249,28 @@ def sft(
 
 
 @app.command()
+def run(
+    experiment_file: Path = typer.Argument(..., help="Experiment YAML (configs/experiments/)."),
+    experiments: Optional[list[str]] = typer.Option(None, "--experiments", "-e",
+                                                    help="Run only these experiments of the file (repeat, or a,b)."),
+    only_eval: bool = typer.Option(False, "--only-eval", help="Run evaluation stages only (their trained models must be done)."),
+    only_report: bool = typer.Option(False, "--only-report", help="Only rebuild the report from finished stages."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (stages, status, estimated cost) and stop."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Stages go to RUNS_DIR/<experiment>/<stage>/."),
+) -> None:
+    """Run an experiment file: cached, resumable stages (eval, SFT, GRPO), then the report."""
+    from mathrl.runner import failed, run_file
+
+    results = run_file(experiment_file, experiments, only_eval=only_eval, only_report=only_report, dry_run=dry_run,
+                       runs_dir=runs_dir)
+    bad = failed(results)
+    if bad:
+        typer.secho(f"{len(bad)} stage(s) failed or blocked: {', '.join(bad)}; fix and rerun the same command "
+                    "(finished stages are kept)", fg="red", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
 def export(
     adapter: Path = typer.Option(..., help="Directory with a LoRA adapter (from mathrl sft --method lora)."),
     merge: bool = typer.Option(True, "--merge/--no-merge", help="Merge the adapter into the base weights."),

@@ -1,0 +1,325 @@
+"""Experiment files → an ordered list of stages, each with built settings and a cache key.
+
+An experiment file (`configs/experiments/*.yaml`) holds one or more experiments:
+
+    experiments:
+      NAME:                         # a directory name: runs/NAME/
+        description: "..."          # optional, free text
+        defaults:                   # settings shared by every stage ...
+          model: Qwen/Qwen2.5-1.5B-Instruct    # ... each stage takes the keys its settings class has
+          task: gsm8k
+          format: tags
+          sft: {method: lora}       # ... and per-kind defaults (sft, grpo, ppo, eval) for one kind only
+        stages:                     # training stages, run in this order
+          sft-full:
+            kind: sft               # sft | grpo | ppo
+            from: base              # base (default) | an earlier stage (its output is the model) | a model id
+            stage: full             # any other key: a setting of that kind (`mathrl sft --help`, ...)
+        eval:                       # a grid: models × tasks × formats × chat_template × shots
+          models: [base, sft-full]  # base | a stage name | {label: model id or path}
+          tasks: [gsm8k, "arithmetic:1-2", {task: jsonl, label: svamp, task_args: {path: svamp.jsonl}}]
+          formats: [tags]           # default: the format in defaults
+          chat_template: [true, false]
+          shots: [0, 3]
+          limit: 500                # any other key: a fixed eval setting (`mathrl eval --help`)
+
+A flat default goes to every stage whose settings have that name (`temperature` would reach both
+eval and GRPO: put kind-specific values under `defaults.<kind>`). A task entry without a config
+inherits the defaults' `task_config`/`task_args` only when it names the defaults' task, so an
+out-of-domain task never gets the in-domain task's config.
+
+Eval stages are named `eval/<model>/<task>-<format>-<chat|raw>-<k>shot` (`<task>` is
+`task.config` when a config is given). The cache key of a stage is the sha256 of its kind, its
+settings (eval: `EvalConfig.identity()`, the settings that change the numbers; training: every
+setting except output_dir, resume, report_to) and the keys of the stages it depends on; a
+dependency's output path is hashed as its name, so moving `runs/` keeps every key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import importlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from mathrl import config as cfgmod
+from mathrl.errors import MathrlError
+
+# Stage kind → (module, settings class, run function). Imported lazily: a kind whose module is not
+# there (GRPO, PPO before they land, or missing GPU extras) only fails the stages that use it.
+KINDS: dict[str, tuple[str, str, str]] = {
+    "eval": ("mathrl.evaluate", "EvalConfig", "run_eval"),
+    "sft": ("mathrl.train.sft", "SFTRunConfig", "run_sft"),
+    "grpo": ("mathrl.train.grpo", "GRPORunConfig", "run_grpo"),
+    "ppo": ("mathrl.train.ppo", "PPORunConfig", "run_ppo"),
+}
+NOT_HASHED = ("output_dir", "resume", "progress", "overwrite", "report_to")
+RESERVED = ("base", "eval", "report")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def training_kinds() -> list[str]:
+    return [k for k in KINDS if k != "eval"]
+
+
+class KindUnavailable(MathrlError):
+    """A stage kind whose module cannot be imported here."""
+
+
+def load_kind(kind: str) -> tuple[type, Callable[..., dict[str, Any]]]:
+    if kind not in KINDS:
+        raise MathrlError(f"unknown stage kind {kind!r}; choose one of: {', '.join(training_kinds())}")
+    module, cls_name, fn_name = KINDS[kind]
+    try:
+        mod = importlib.import_module(module)
+        return getattr(mod, cls_name), getattr(mod, fn_name)
+    except (ImportError, AttributeError) as e:
+        raise KindUnavailable(f"stage kind {kind!r} is not available in this install ({module}: {e})") from None
+
+
+def protocol_fields() -> set[str]:
+    from mathrl.formats import Protocol
+
+    return {f.name for f in dataclasses.fields(Protocol)}
+
+
+def setting_names(kind: str) -> set[str] | None:
+    """Keys a stage of this kind accepts; None when its module is unavailable."""
+    try:
+        cls, _ = load_kind(kind)
+    except KindUnavailable:
+        return None
+    names = {f.name for f in dataclasses.fields(cls)}
+    return (names - {"protocol"}) | protocol_fields() if kind == "eval" else names
+
+
+@dataclass
+class Stage:
+    name: str
+    kind: str
+    out: Path
+    settings: dict[str, Any]  # flat settings, before building
+    deps: list[str] = field(default_factory=list)
+    method: str = "base"  # base | sft | grpo | ppo: what produced the model this stage trains or evaluates
+    model_label: str = ""  # eval: the model's name in the grid; training: the stage name
+    eval_setting: dict[str, Any] | None = None
+    config: Any = None  # the built settings dataclass; None when the kind is unavailable
+    unavailable: str | None = None
+    key: str = ""
+
+
+def build_config(kind: str, settings: dict[str, Any], source: str) -> Any:
+    cls, _ = load_kind(kind)
+    if kind != "eval":
+        return cfgmod.build(cls, settings, source)
+    from mathrl import formats
+    from mathrl.formats import Protocol
+    from mathrl.tasks import get_task
+
+    proto_keys = protocol_fields()
+    names = setting_names("eval") or set()
+    for key in settings:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise MathrlError(f"{source}: unknown eval setting {key!r}{hint}")
+    proto = cfgmod.build(Protocol, {k: v for k, v in settings.items() if k in proto_keys}, source)
+    cfg = cfgmod.build(cls, {k: v for k, v in settings.items() if k not in proto_keys}, source)
+    cfg.protocol = proto
+    formats.get_format(proto.format)
+    get_task(cfg.task, cfg.task_config, **cfg.task_args)  # checks the name and config; loads nothing
+    return cfg
+
+
+def _check_name(name: Any, what: str) -> str:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name in RESERVED:
+        raise MathrlError(f"{what} {name!r}: use letters, digits, '-', '_' and '.', and not {', '.join(RESERVED)}")
+    return name
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise MathrlError(f"{where} must be a mapping, got {value!r}")
+    return dict(value)
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _looks_like_model(ref: str) -> bool:
+    from mathrl.models import EMBEDDED
+
+    return ref in EMBEDDED or "/" in ref or Path(ref).expanduser().exists()
+
+
+def expand(name: str, spec: Any, runs_dir: Path, source: str) -> list[Stage]:
+    """One experiment → stages in run order: evals of the base model(s), then each training stage
+    followed by its evals, so results arrive as early as they can."""
+    _check_name(name, "experiment")
+    spec = _mapping(spec, f"{source}: experiment {name!r}")
+    where = f"{source}: experiments.{name}"
+    for key in spec:
+        if key not in ("description", "defaults", "stages", "eval"):
+            raise MathrlError(f"{where}: unknown key {key!r} (expected defaults, stages, eval, description)")
+    defaults = _mapping(spec.get("defaults"), f"{where}.defaults")
+    per_kind = {k: _mapping(defaults.pop(k), f"{where}.defaults.{k}") for k in list(defaults) if k in KINDS}
+    known = {k: setting_names(k) for k in KINDS}
+    def shared(kind: str) -> dict[str, Any]:
+        names = known[kind]
+        return {k: v for k, v in defaults.items() if names is None or k in names} | per_kind.get(kind, {})
+
+    exp_dir = runs_dir / name
+    trained: dict[str, Stage] = {}
+    stage_specs = _mapping(spec.get("stages"), f"{where}.stages")
+    for sname, sspec in stage_specs.items():
+        _check_name(sname, f"{where}.stages: stage")
+        swhere = f"{where}.stages.{sname}"
+        sspec = _mapping(sspec, swhere)
+        kind, src = sspec.pop("kind", None), sspec.pop("from", None)
+        if kind not in training_kinds():
+            raise MathrlError(f"{swhere}: kind must be one of {', '.join(training_kinds())}, got {kind!r}")
+        for owned in ("output_dir", "resume"):
+            if owned in sspec:
+                raise MathrlError(f"{swhere}: {owned!r} is set by the runner (runs/<experiment>/<stage>/)")
+        settings = shared(kind) | sspec
+        stage = Stage(sname, kind, exp_dir / sname, settings, method=kind, model_label=sname)
+        if src in trained:
+            settings["model"] = str(trained[src].out)
+            stage.deps = [src]
+        elif src in stage_specs:
+            raise MathrlError(f"{swhere}: from {src!r} must name a stage listed before it")
+        elif src not in (None, "base"):
+            if not isinstance(src, str) or not _looks_like_model(src):
+                close = difflib.get_close_matches(str(src), list(trained), n=1)
+                raise MathrlError(f"{swhere}: from {src!r} is neither an earlier stage nor a model"
+                                  + (f" (did you mean {close[0]!r}?)" if close else ""))
+            if "model" in sspec:
+                raise MathrlError(f"{swhere}: give either from or model, not both")
+            settings["model"] = src
+        settings["output_dir"] = str(stage.out)
+        trained[sname] = stage
+
+    used = [known[k] for k in {"eval", *(s.kind for s in trained.values())}]
+    if all(names is not None for names in used):  # every kind used is importable: a default none knows is a typo
+        everything = set().union(*used)
+        for key in defaults:
+            if key not in everything:
+                close = difflib.get_close_matches(key, everything, n=1)
+                raise MathrlError(f"{where}.defaults: no stage here has a setting {key!r}"
+                                  + (f" (did you mean {close[0]!r}?)" if close else ""))
+    evals = []  # no eval section: no evaluations
+    if "eval" in spec:
+        evals = _eval_stages(_mapping(spec["eval"], f"{where}.eval"), shared("eval"), trained, exp_dir, f"{where}.eval")
+    ordered = [s for s in evals if not s.deps]
+    for sname, stage in trained.items():
+        ordered += [stage] + [s for s in evals if s.deps == [sname]]
+    by_name: dict[str, Stage] = {}
+    for stage in ordered:
+        if stage.name in by_name:
+            raise MathrlError(f"{where}: two stages are named {stage.name!r} (duplicate grid entries?)")
+        by_name[stage.name] = stage
+        _finish(stage, by_name, source)
+    return ordered
+
+
+def _task_entries(tasks: Any, shared: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    base_task = {"task": shared.get("task", "gsm8k"), "task_config": shared.get("task_config"),
+                 "task_args": shared.get("task_args", {})}
+    if tasks is None:
+        return [base_task]
+    entries = []
+    for item in _as_list(tasks):
+        if isinstance(item, str):
+            task, _, conf = item.partition(":")
+            item = {"task": task} | ({"task_config": conf} if conf else {})
+        elif not isinstance(item, dict) or "task" not in item:
+            raise MathrlError(f"{where}.tasks: each entry is 'task', 'task:config' or a mapping with 'task', got {item!r}")
+        item = dict(item)
+        if item["task"] == shared.get("task") and "task_config" not in item:
+            item = base_task | item
+        entries.append({"task_config": None, "task_args": {}} | item)
+    return entries
+
+
+def _eval_stages(ev: dict[str, Any], shared: dict[str, Any], trained: dict[str, Stage], exp_dir: Path,
+                 where: str) -> list[Stage]:
+    axes = {k: ev.pop(k) for k in ("models", "tasks", "formats", "chat_template", "shots") if k in ev}
+    fixed = shared | ev  # what is left in the eval section: fixed settings for every cell
+    models = _as_list(axes.get("models", ["base"]))
+    formats_ = _as_list(axes.get("formats", fixed.get("format", "gsm8k")))
+    chats = _as_list(axes.get("chat_template", fixed.get("chat_template", True)))
+    shots = _as_list(axes.get("shots", fixed.get("shots", 0)))
+    for key in ("output_dir", "overwrite"):
+        if key in fixed:
+            raise MathrlError(f"{where}: {key!r} is set by the runner")
+    out = []
+    for entry in models:
+        if isinstance(entry, dict) and len(entry) == 1:  # {label: model id}: an outside model, untrained here
+            label, model = next(iter(entry.items()))
+            label, deps, method = _check_name(label, f"{where}.models: label"), [], "base"
+        elif entry == "base":
+            label, model, deps, method = "base", fixed.get("model"), [], "base"
+        elif entry in trained:
+            label, model, deps, method = entry, str(trained[entry].out), [entry], trained[entry].kind
+        else:
+            close = difflib.get_close_matches(str(entry), ["base", *trained], n=1)
+            raise MathrlError(f"{where}.models: {entry!r} is not base, a stage name or {{label: model}}"
+                              + (f" (did you mean {close[0]!r}?)" if close else ""))
+        for task in _task_entries(axes.get("tasks"), fixed, where):
+            task = dict(task)
+            conf = task["task_config"]
+            task_label = task.pop("label", None) or task["task"] + (f".{conf}" if conf else "")
+            for fmt in formats_:
+                for chat in chats:
+                    for k in shots:
+                        setting = f"{task_label}-{fmt}-{'chat' if chat else 'raw'}-{k}shot"
+                        d = exp_dir / "eval" / label / setting
+                        settings = fixed | task | {"format": fmt, "chat_template": chat, "shots": k, "output_dir": str(d)}
+                        if model is not None:
+                            settings["model"] = model
+                        out.append(Stage(f"eval/{label}/{setting}", "eval", d, settings, deps, method, label, {
+                            "task": task["task"], "task_config": task["task_config"], "format": fmt,
+                            "chat_template": chat, "shots": k, "setting": setting}))
+    return out
+
+
+def _finish(stage: Stage, by_name: dict[str, Stage], source: str) -> None:
+    """Build the settings (when the kind is importable) and the cache key."""
+    try:
+        stage.config = build_config(stage.kind, stage.settings, f"{source}: stage {stage.name}")
+    except KindUnavailable as e:
+        stage.unavailable = str(e)
+    if stage.config is None:
+        view = dict(stage.settings)
+    elif stage.kind == "eval":
+        view = stage.config.identity()
+    else:
+        view = dataclasses.asdict(stage.config)
+    for key in NOT_HASHED:
+        view.pop(key, None)
+    dep_dirs = {str(by_name[d].out): f"<stage {d}>" for d in stage.deps}
+    view = {k: dep_dirs.get(v, v) if isinstance(v, str) else v for k, v in view.items()}
+    blob = json.dumps({"kind": stage.kind, "settings": view, "deps": {d: by_name[d].key for d in stage.deps}},
+                      sort_keys=True, default=str)
+    stage.key = hashlib.sha256(blob.encode()).hexdigest()
+
+
+def load_experiments(path: str | Path, runs_dir: str | Path, names: list[str] | None = None) -> dict[str, list[Stage]]:
+    """Experiment name → its stages, for the named experiments (all when `names` is empty)."""
+    data = cfgmod.load_yaml(path)
+    exps = data.get("experiments")
+    if set(data) != {"experiments"} or not isinstance(exps, dict) or not exps:
+        raise MathrlError(f"{path}: expected one top-level key, experiments: a mapping of name → experiment")
+    wanted = [n for item in names or [] for n in item.split(",") if n]
+    for n in wanted:
+        if n not in exps:
+            raise MathrlError(f"{path}: no experiment {n!r}; the file has: {', '.join(exps)}")
+    return {n: expand(n, exps[n], Path(runs_dir), str(path)) for n in (wanted or list(exps))}
