@@ -1,0 +1,185 @@
+"""A `trl.GRPOTrainer` subclass that does the same maths with less work on CPUs (and small GPUs).
+
+GRPO batches hold each prompt `num_generations` times. Stock TRL runs the full prompt+completion
+through the model for every row, and on devices without Triton its fused LM head projects every
+position (prompt and padding included) onto the vocabulary. Two overrides remove that waste:
+
+* `_get_per_token_logps_and_entropies`: each distinct prompt is run once; its KV cache is gathered
+  to the rows that share it (autograd sums the gradients of the copies back into the one prompt
+  pass, so gradients are exact), the completions run on top of that cache, and only real
+  completion positions go through the LM head. Entropies are computed without gradient unless
+  TRL's entropy bonus needs it.
+* `_generate_single_turn` (HF generation path only): each distinct prompt is prefilled once and
+  rows that hit EOS are dropped from the batch between segments of `segment_tokens`.
+
+Everything else (advantages, loss types, clipping, KL, logging, checkpoints) is TRL's own code.
+`tests/test_grpo.py` checks that log-probs, loss and gradients match stock TRL on a fixed batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from trl import GRPOTrainer
+
+_MULTIMODAL = ("pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes", "num_tiles",
+               "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids")
+# Models whose LM head is not a plain projection: leave them to TRL's fused head.
+_SCALED_HEAD = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
+_HEAD_CHUNK = 1024  # positions per LM-head tile: bounds the fp32 (positions x vocab) buffer
+
+
+def _causal_lm(model: Any) -> Any:
+    """The transformers model under PEFT / accelerate wrappers (LoRA layers stay in place inside it)."""
+    while hasattr(model, "module"):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+def group_rows(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(index of one representative row per distinct prompt, representative index for every row)."""
+    keyed = torch.cat([prompt_ids, prompt_mask.to(prompt_ids.dtype)], dim=1)
+    uniq, inverse = torch.unique(keyed, dim=0, return_inverse=True)
+    first = torch.full((uniq.size(0),), keyed.size(0), dtype=torch.long, device=keyed.device)
+    first.scatter_reduce_(0, inverse, torch.arange(keyed.size(0), device=keyed.device), reduce="amin")
+    return first, inverse
+
+
+def shared_prefix_hidden(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_completion: int) -> torch.Tensor:
+    """Final hidden states that predict each of the last `n_completion` tokens, shape (rows, n_completion, hidden),
+    running every distinct (left-padded) prompt once and the completions on its gathered KV cache."""
+    from transformers import DynamicCache
+
+    lm = _causal_lm(model)
+    backbone = lm.base_model
+    prompt, prompt_mask = input_ids[:, :-n_completion], attention_mask[:, :-n_completion]
+    first, inverse = group_rows(prompt, prompt_mask)
+    cache = DynamicCache(config=lm.config)
+    out = backbone(input_ids=prompt[first], attention_mask=prompt_mask[first], past_key_values=cache, use_cache=True)
+    last = out.last_hidden_state[:, -1:]  # prompts are left-padded: the last position is a real token
+    cache.batch_select_indices(inverse)
+    if n_completion == 1:
+        return last[inverse]
+    rest = backbone(input_ids=input_ids[:, -n_completion:-1], attention_mask=attention_mask[:, :-1],
+                    past_key_values=cache, use_cache=True).last_hidden_state
+    return torch.cat([last[inverse], rest], dim=1)
+
+
+def token_logps(lm_head: Any, hidden: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, temperature: float,
+                entropy: bool, entropy_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log p(label) (and entropy) at the masked-in positions; zeros elsewhere, as TRL returns them."""
+    flat_h, flat_y = hidden[mask], labels[mask]
+    logps, ents = [], []
+    for s in range(0, flat_h.size(0), _HEAD_CHUNK):
+        logits = lm_head(flat_h[s : s + _HEAD_CHUNK]).float() / temperature
+        logp_all = torch.log_softmax(logits, dim=-1)
+        logps.append(logp_all.gather(-1, flat_y[s : s + _HEAD_CHUNK, None]).squeeze(-1))
+        if entropy:
+            with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+                src = logp_all if entropy_grad else logp_all.detach()
+                ents.append(-(src.exp() * src).sum(-1))
+    zeros = hidden.new_zeros(mask.shape, dtype=torch.float32)
+    out = zeros.masked_scatter(mask, torch.cat(logps)) if logps else zeros + hidden.sum() * 0  # keep the graph
+    ent = None
+    if entropy:
+        ent = zeros.detach().masked_scatter(mask, torch.cat(ents)) if ents else zeros.detach()
+    return out, ent
+
+
+class FastGRPOTrainer(GRPOTrainer):
+    """`GRPOTrainer` with shared-prompt log-prob passes and shared-prompt, compacting HF generation."""
+
+    def __init__(self, *args: Any, segment_tokens: int = 16, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.segment_tokens = segment_tokens
+
+    def _fast_path_ok(self, model: Any, compute_aux_loss: bool, extra: dict[str, Any]) -> bool:
+        cfg = _causal_lm(model).config.get_text_config()
+        return (not compute_aux_loss and all(extra.get(k) is None for k in _MULTIMODAL)
+                and not any(getattr(cfg, a, None) not in (None, 1.0) for a in _SCALED_HEAD)
+                and not getattr(self.args, "cast_lm_head_to_fp32", False))
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
+                                           compute_entropy=False, compute_aux_loss=False, **extra):  # noqa: ANN001
+        if not self._fast_path_ok(model, compute_aux_loss, extra):
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
+                compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **extra)
+        labels = input_ids[:, -logits_to_keep:]
+        mask = attention_mask[:, -logits_to_keep:].bool()
+        with self.accelerator.autocast():
+            hidden = shared_prefix_hidden(model, input_ids, attention_mask, logits_to_keep)
+            logps, ents = token_logps(_causal_lm(model).get_output_embeddings(), hidden, labels, mask,
+                                      self.temperature, compute_entropy, self._entropy_bonus_enabled)
+        return logps, ents, None
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):  # noqa: ANN001
+        if (self.use_vllm or getattr(self, "use_transformers_continuous_batching", False) or images is not None
+                or multimodal_fields or self.accelerator.num_processes > 1):
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
+        from trl.models import unwrap_model_for_generation
+
+        with (
+            unwrap_model_for_generation(self.model_wrapped, self.accelerator,
+                                        generation_kwargs=self.generation_kwargs,
+                                        gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs) as lm,
+            torch.no_grad(),
+        ):
+            completions = generate_shared_prompts(lm, prompt_ids, self.generation_config, self._tokenizer.pad_token_id,
+                                                  list(self.eos_token_ids), self.segment_tokens)
+        return completions, None
+
+
+def generate_shared_prompts(model: Any, prompt_ids: list[list[int]], generation_config: Any, pad_id: int,
+                            eos_ids: list[int], segment_tokens: int) -> list[list[int]]:
+    """Sample completions (token ids up to and including EOS) for prompts that repeat in the batch.
+
+    Every distinct prompt but its last token is prefilled once; the cache is gathered to all rows, and
+    `generate` continues in segments, dropping rows that have emitted EOS in between."""
+    import copy
+
+    from transformers import DynamicCache
+
+    device = model.device
+    gen_config = copy.deepcopy(generation_config)
+    gen_config.return_dict_in_generate, gen_config.pad_token_id, gen_config.eos_token_id = True, pad_id, eos_ids
+    width = max(len(p) for p in prompt_ids)
+    ids = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompt_ids], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=device)
+    first, inverse = group_rows(ids, mask)
+    cache = DynamicCache(config=_causal_lm(model).config)
+    if width > 1:
+        model(input_ids=ids[first, :-1], attention_mask=mask[first, :-1], past_key_values=cache, use_cache=True)
+        cache.batch_select_indices(inverse)
+    budget = gen_config.max_new_tokens
+    eos = set(eos_ids)
+    new: list[list[int]] = [[] for _ in prompt_ids]
+    active = list(range(len(prompt_ids)))
+    done = 0
+    while active and done < budget:
+        step = min(segment_tokens, budget - done)
+        gen_config.max_new_tokens = step
+        out = model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache, generation_config=gen_config)
+        seqs, cache = out.sequences, out.past_key_values
+        gen = seqs[:, ids.shape[1] :]
+        keep = []
+        for local, row in enumerate(active):
+            toks = gen[local].tolist()
+            stop = next((k for k, t in enumerate(toks) if t in eos), None)
+            new[row] += toks if stop is None else toks[: stop + 1]
+            if stop is None:
+                keep.append(local)
+        done += gen.shape[1]
+        if not keep or gen.shape[1] < step:
+            break
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], gen.shape[1])], dim=1)
+        if len(keep) < len(active):
+            idx = torch.tensor(keep, device=device)
+            seqs, mask = seqs[idx], mask[idx]
+            cache.batch_select_indices(idx)
+        ids = seqs
+        active = [active[k] for k in keep]
+    return new

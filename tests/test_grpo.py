@@ -1,0 +1,181 @@
+"""GRPO on a tiny random model: FastGRPOTrainer matches stock TRL, a step trains, validation, the alarm."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from trl import GRPOTrainer
+
+from mathrl import config as cfgmod
+from mathrl.errors import MathrlError
+from mathrl.rewards import REWARDS, register_reward
+from mathrl.train.fast_grpo import FastGRPOTrainer, generate_shared_prompts, group_rows
+from mathrl.train.grpo import GRPORunConfig, build_trainer, check_markers, hacking_alarm, run_grpo
+
+if "distinct_chars" not in REWARDS:
+    @register_reward("distinct_chars", description="test reward that varies across random completions")
+    def distinct_chars(completions, **kwargs):
+        return [len(set(c if isinstance(c, str) else c[-1]["content"])) / 20.0 for c in completions]
+
+
+def make_cfg(tiny_model_dir, tmp_path, **kw) -> GRPORunConfig:
+    base = dict(model=str(tiny_model_dir), task="arithmetic", task_config="1", num_samples=16, prompts_per_step=2,
+                num_generations=4, max_completion_length=8, max_steps=1, dtype="fp32", learning_rate=1e-3,
+                rewards="correctness,distinct_chars", save_steps=1000, output_dir=str(tmp_path / "out"))
+    base.update(kw)
+    return cfgmod.build(GRPORunConfig, base)
+
+
+def test_group_rows_finds_repeated_prompts():
+    ids = torch.tensor([[0, 5, 6], [1, 2, 3], [0, 5, 6], [1, 2, 3], [0, 5, 7]])
+    mask = torch.ones_like(ids)
+    first, inverse = group_rows(ids, mask)
+    assert torch.equal(ids[first][inverse], ids)
+    assert len(first) == 3
+    # the same tokens with a different mask are a different prompt
+    mask[0, 0] = 0
+    assert len(group_rows(ids, mask)[0]) == 4
+
+
+def _captured_batch(trainer):
+    """Run one real step, keeping the inputs TRL hands to compute_loss."""
+    seen = {}
+    original = trainer.compute_loss
+
+    def spy(model, inputs, *a, **k):
+        seen.setdefault("inputs", {k2: v for k2, v in inputs.items()})
+        return original(model, inputs, *a, **k)
+
+    trainer.compute_loss = spy
+    trainer.train()
+    return seen["inputs"]
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_fast_logps_loss_and_gradients_match_stock_trl(tiny_model_dir, tmp_path, method):
+    cfg = make_cfg(tiny_model_dir, tmp_path, method=method, max_completion_length=12, beta=0.0)
+    trainer, _, _ = build_trainer(cfg)
+    assert isinstance(trainer, FastGRPOTrainer)
+    inputs = _captured_batch(trainer)
+    model = trainer.model
+    prompt_mask = inputs["prompt_mask"]
+    assert (prompt_mask == 0).any(), "the batch should hold left-padded prompts"
+    ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1)
+    mask = torch.cat([prompt_mask, inputs["completion_mask"]], 1)
+    n = inputs["completion_ids"].size(1)
+
+    assert trainer._fast_path_ok(model, False, {})  # the comparison below really exercises the fast path
+    fast_logps, fast_ents, _ = FastGRPOTrainer._get_per_token_logps_and_entropies(trainer, model, ids, mask, n, compute_entropy=True)
+    ref_logps, ref_ents, _ = GRPOTrainer._get_per_token_logps_and_entropies(trainer, model, ids, mask, n, compute_entropy=True)
+    cmask = inputs["completion_mask"].bool()
+    torch.testing.assert_close(fast_logps[cmask], ref_logps[cmask], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(fast_ents[cmask], ref_ents[cmask], atol=1e-4, rtol=1e-4)
+
+    def loss_and_grads(impl):
+        model.zero_grad()
+        trainer._get_per_token_logps_and_entropies = impl.__get__(trainer)
+        loss = trainer._compute_loss(model, inputs)
+        loss.backward()
+        grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad and p.grad is not None}
+        del trainer._get_per_token_logps_and_entropies
+        return loss.detach(), grads
+
+    fast_loss, fast_grads = loss_and_grads(FastGRPOTrainer._get_per_token_logps_and_entropies)
+    ref_loss, ref_grads = loss_and_grads(GRPOTrainer._get_per_token_logps_and_entropies)
+    torch.testing.assert_close(fast_loss, ref_loss, atol=1e-5, rtol=1e-4)
+    assert fast_grads.keys() == ref_grads.keys() and fast_grads
+    assert any(g.abs().sum() > 0 for g in ref_grads.values())
+    for k in ref_grads:
+        torch.testing.assert_close(fast_grads[k], ref_grads[k], atol=1e-5, rtol=1e-3, msg=k)
+
+
+def test_shared_prompt_generation_matches_plain_greedy_generate(tiny_bundle):
+    model, tok, _ = tiny_bundle
+    from transformers import GenerationConfig
+
+    prompts = [tok("What is 2 + 3?")["input_ids"], tok("Add 10 and 4, then double it.")["input_ids"]]
+    rows = [prompts[0]] * 3 + [prompts[1]] * 2
+    cfg = GenerationConfig(max_new_tokens=9, do_sample=False)
+    eos = [tok.eos_token_id]
+    got = generate_shared_prompts(model, rows, cfg, tok.pad_token_id, eos, segment_tokens=2)
+    for row, out in zip(rows, got):
+        ref = model.generate(torch.tensor([row]), max_new_tokens=9, do_sample=False, pad_token_id=tok.pad_token_id,
+                             eos_token_id=eos)[0, len(row):].tolist()
+        stop = next((i for i, t in enumerate(ref) if t in eos), None)
+        assert out == (ref if stop is None else ref[: stop + 1])
+
+
+def test_one_step_changes_trainable_parameters_and_logs(tiny_model_dir, tmp_path):
+    cfg = make_cfg(tiny_model_dir, tmp_path, max_steps=2, save_steps=1)
+    trainer, _, _ = build_trainer(cfg)
+    before = {k: p.detach().clone() for k, p in trainer.model.named_parameters()}
+    trainer.train()
+    changed = [k for k, p in trainer.model.named_parameters() if not torch.equal(before[k], p.detach())]
+    assert len(changed) > len(before) // 2
+    log = [json.loads(x) for x in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "reward" in r]
+    assert len(steps) == 2
+    for key in ("rewards/correctness/mean", "rewards/distinct_chars/std", "reward_std", "frac_reward_zero_std",
+                "completions/mean_length", "completions/clipped_ratio", "entropy", "step_time"):
+        assert key in steps[0], key
+
+
+def test_run_grpo_writes_model_and_resumes(tiny_model_dir, tmp_path):
+    record = run_grpo(make_cfg(tiny_model_dir, tmp_path, max_steps=2, save_steps=1, method="lora"))
+    out = tmp_path / "out"
+    assert record["global_step"] == 2 and record["fast_path"] and record["trainer"] == "grpo"
+    for name in ("adapter_model.safetensors", "adapter_config.json", "mathrl_config.json", "training_curves.png"):
+        assert (out / name).exists(), name
+    with pytest.raises(MathrlError, match="--resume"):
+        run_grpo(make_cfg(tiny_model_dir, tmp_path, max_steps=3, save_steps=1, method="lora"))
+    again = run_grpo(make_cfg(tiny_model_dir, tmp_path, max_steps=3, save_steps=1, method="lora", resume=True))
+    assert again["global_step"] == 3 and again["resumed_from"].endswith("checkpoint-2")
+    steps = [json.loads(x)["step"] for x in (out / "train_log.jsonl").read_text().splitlines() if '"reward"' in x]
+    assert steps == [1, 2, 3]
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(prompts_per_step=2, num_generations=4, batch_size=6), "batch_size 6 is not divisible by num_generations 4"),
+    (dict(num_generations=1, batch_size=4), "num_generations must be at least 2"),
+    (dict(loss_type="ppo"), "loss_type must be one of"),
+    (dict(rewards="correctness,nonsense"), "unknown reward 'nonsense'"),
+    (dict(temperature=0.0), "temperature must be > 0"),
+])
+def test_validation_errors_name_the_culprit(tiny_model_dir, tmp_path, kw, message):
+    with pytest.raises(MathrlError, match=message):
+        make_cfg(tiny_model_dir, tmp_path, **kw).validate()
+
+
+def test_task_without_train_data_is_refused(tiny_model_dir, tmp_path):
+    data = tmp_path / "test_only.jsonl"
+    data.write_text('{"question": "1+1?", "answer": "2"}\n')
+    cfg = make_cfg(tiny_model_dir, tmp_path, task="jsonl", task_config=None, task_args={"train_path": None,
+                   "test_path": str(data)})
+    with pytest.raises(MathrlError, match="train"):
+        build_trainer(cfg)
+
+
+def test_markers_that_a_tokenizer_cannot_represent_are_refused():
+    class Lossy:
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [0] * len(text)}
+
+        def decode(self, ids):
+            return "?" * len(ids)
+
+    with pytest.raises(MathrlError, match="format marker '<SOLUTION>'"):
+        check_markers(Lossy(), ["<SOLUTION>"])
+
+
+def _rows(fmt, correct):
+    return [{"reward": f + c, "rewards/format/mean": f, "rewards/correctness/mean": c} for f, c in zip(fmt, correct)]
+
+
+def test_reward_hacking_alarm():
+    rising = [i / 10 for i in range(10)]
+    assert "reward hacking" in hacking_alarm(_rows(rising, [0.0] * 10), window=10)
+    assert hacking_alarm(_rows(rising, [i / 20 for i in range(10)]), window=10) is None  # correctness rises too
+    assert hacking_alarm(_rows([0.5] * 10, [0.0] * 10), window=10) is None  # format flat
+    assert hacking_alarm(_rows(rising[:5], [0.0] * 5), window=10) is None  # not enough history
