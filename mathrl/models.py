@@ -169,6 +169,18 @@ def load_tokenizer(path_or_id: str, revision: str | None = None, trust_remote_co
     return tok
 
 
+def set_cpu_attention(model: Any, compute_bf16: bool) -> str:
+    """On CPU with bf16 compute, switch attention to the eager kernels and return the implementation used.
+
+    Measured here (torch 2.13, SmolLM2-135M): the CPU flash-attention SDPA kernel in bf16 made a batch-32
+    decode step 98 ms vs 59 ms eager, a shared-prompt GRPO forward+backward 4.2 s vs 3.1 s, and its
+    outputs drifted from the eager/fp32 ones; in fp32 or on GPUs SDPA stays.
+    """
+    if compute_bf16 and str(model.device).startswith("cpu"):
+        model.set_attn_implementation("eager")
+    return model.config._attn_implementation
+
+
 def load_model(
     name: str,
     dtype: str = "auto",
@@ -180,6 +192,7 @@ def load_model(
 
     A directory with a PEFT adapter loads its base model and applies the adapter.
     """
+    import torch
     from transformers import AutoModelForCausalLM
 
     path, kind = resolve(name)
@@ -209,6 +222,7 @@ def load_model(
         raise MathrlError(f"could not load model {name!r} ({where}): {str(e).splitlines()[0][:200]}") from None
     model.to(device)
     model.eval()
+    attention = set_cpu_attention(model, torch_dtype == torch.bfloat16)
     info = {
         "name": name,
         "kind": kind,
@@ -216,5 +230,6 @@ def load_model(
         "revision": revision or model_revision(path, kind, model),
         "dtype": str(torch_dtype).replace("torch.", ""),
         "device": device,
+        "attention": attention,
     }
     return model, tokenizer, info

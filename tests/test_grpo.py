@@ -179,3 +179,19 @@ def test_reward_hacking_alarm():
     assert hacking_alarm(_rows(rising, [i / 20 for i in range(10)]), window=10) is None  # correctness rises too
     assert hacking_alarm(_rows([0.5] * 10, [0.0] * 10), window=10) is None  # format flat
     assert hacking_alarm(_rows(rising[:5], [0.0] * 5), window=10) is None  # not enough history
+
+
+def test_inverse_cdf_sampler_draws_from_the_softmax_and_is_used_for_trl_configs(tiny_model_dir, tmp_path):
+    from mathrl.train.fast_grpo import InverseCDFSampler, sampling_processors
+
+    torch.manual_seed(0)
+    scores = torch.log(torch.tensor([[0.6, 0.3, 0.1, 0.0]])).repeat(40_000, 1)
+    draws = InverseCDFSampler()(None, scores).argmax(-1)
+    freq = torch.bincount(draws, minlength=4).float() / len(draws)
+    torch.testing.assert_close(freq, torch.tensor([0.6, 0.3, 0.1, 0.0]), atol=0.01, rtol=0)
+    trainer, _, _ = build_trainer(make_cfg(tiny_model_dir, tmp_path, temperature=0.7, top_p=0.9))
+    procs = sampling_processors(trainer.generation_config)
+    assert procs is not None and isinstance(procs[-1], InverseCDFSampler) and len(procs) == 3
+    from transformers import GenerationConfig
+
+    assert sampling_processors(GenerationConfig(do_sample=True, repetition_penalty=1.3)) is None  # HF's own path

@@ -228,6 +228,7 @@ def build_trainer(cfg: GRPORunConfig) -> tuple[Any, list[Sample], dict[str, Any]
         log_completions=cfg.log_completions, report_to=cfg.report_to, seed=cfg.seed, data_seed=cfg.seed,
         dataloader_num_workers=0,
     )
+    models.set_cpu_attention(model, args.bf16)  # also under autocast: the bf16 CPU SDPA kernel is the slow one
     peft_config = None
     if cfg.method == "lora":
         peft_config = common.lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
