@@ -9,38 +9,14 @@ from typing import Any, Optional
 
 import typer
 
+from mathrl import cli_train
+from mathrl.cli_common import parse_json_option, parse_kv
 from mathrl.errors import MathrlError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Post-train small language models for math reasoning, and measure what worked.")
 data_app = typer.Typer(no_args_is_help=True, help="Write synthetic task data to a file.")
 app.add_typer(data_app, name="data")
-
-
-def parse_kv(items: list[str] | None, flag: str) -> dict[str, Any]:
-    """key=value pairs; values that parse as JSON (numbers, true/false) are converted."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise MathrlError(f"{flag} expects key=value, got {item!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
-def parse_json_option(text: str | None, flag: str) -> dict[str, Any]:
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise MathrlError(f"{flag} is not valid JSON: {e.msg}") from None
-    if not isinstance(value, dict):
-        raise MathrlError(f"{flag} must be a JSON object")
-    return value
 
 
 def print_summary(summary: dict[str, Any], title: str) -> None:
@@ -201,51 +177,8 @@ def data_arithmetic(
     _write_task_data("arithmetic", levels, n, seed, out, split, {})
 
 
-@app.command()
-def sft(
-    model: Optional[str] = typer.Option(None, help="Base model: local dir, hub id or smollm2-135m."),
-    task: Optional[str] = typer.Option(None, help="Task whose train split is used."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML of SFT settings (configs/sft/); flags override it."),
-    task_config: Optional[str] = typer.Option(None, help="Task config (e.g. arithmetic levels 1-2)."),
-    task_arg: Optional[list[str]] = typer.Option(None, "--task-arg", help="Task option key=value (repeatable)."),
-    data_dir: Optional[str] = typer.Option(None, help="Local data directory (else $MATHRL_DATA_DIR, else the hub)."),
-    format: Optional[str] = typer.Option(None, "--format", help="Output format of the training solutions."),
-    chat_template: Optional[bool] = typer.Option(None, "--chat-template/--no-chat-template"),
-    loss: Optional[str] = typer.Option(None, help="completion (prompt masked) or full."),
-    method: Optional[str] = typer.Option(None, help="full, lora or qlora (CUDA only)."),
-    stage: Optional[str] = typer.Option(None, help="full (1,024 samples) or rl_prep (256)."),
-    num_samples: Optional[int] = typer.Option(None, help="Training samples (overrides --stage)."),
-    epochs: Optional[float] = typer.Option(None),
-    max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps."),
-    max_minutes: Optional[float] = typer.Option(None, help="Stop (and save) after this much training time."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate."),
-    batch_size: Optional[int] = typer.Option(None),
-    grad_accum: Optional[int] = typer.Option(None),
-    lora_r: Optional[int] = typer.Option(None), lora_alpha: Optional[int] = typer.Option(None),
-    lora_targets: Optional[str] = typer.Option(None, help="Comma-separated module names, or all-linear."),
-    dtype: Optional[str] = typer.Option(None, help="auto (fp32 weights + bf16 autocast where fast), bf16, fp32."),
-    save_steps: Optional[int] = typer.Option(None), seed: Optional[int] = typer.Option(None),
-    report_to: Optional[str] = typer.Option(None, help="none, tensorboard, trackio or wandb."),
-    merge: Optional[bool] = typer.Option(None, "--merge/--no-merge", help="LoRA: also write merged weights."),
-    resume: bool = typer.Option(False, help="Continue from the last checkpoint in --output-dir."),
-    output_dir: Optional[str] = typer.Option(None, help="Where the model, log and curves go."),
-) -> None:
-    """Supervised fine-tuning on a task's worked solutions (TRL SFTTrainer; full, LoRA or QLoRA)."""
-    from mathrl import config as cfgmod
-    from mathrl.train.sft import SFTRunConfig, run_sft
-
-    targets = lora_targets.split(",") if lora_targets and lora_targets != "all-linear" else lora_targets
-    overrides = dict(model=model, task=task, task_config=task_config, data_dir=data_dir, format=format,
-                     chat_template=chat_template, loss=loss, method=method, stage=stage, num_samples=num_samples,
-                     epochs=epochs, max_steps=max_steps, max_minutes=max_minutes, learning_rate=lr, batch_size=batch_size, grad_accum=grad_accum,
-                     lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=targets, dtype=dtype, save_steps=save_steps,
-                     seed=seed, report_to=report_to, merge=merge, resume=resume or None, output_dir=output_dir)
-    if task_arg:
-        overrides["task_args"] = parse_kv(task_arg, "--task-arg")
-    cfg = cfgmod.resolve(SFTRunConfig, config, overrides)
-    record = run_sft(cfg)
-    typer.echo(f"trained {record['global_step']} steps on {record['num_samples']} samples in {record['train_seconds']} s; "
-               f"final loss {record['train_loss']}; model in {cfg.output_dir}")
+app.command()(cli_train.sft)
+app.command()(cli_train.grpo)
 
 
 @app.command()

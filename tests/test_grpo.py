@@ -195,3 +195,26 @@ def test_inverse_cdf_sampler_draws_from_the_softmax_and_is_used_for_trl_configs(
     from transformers import GenerationConfig
 
     assert sampling_processors(GenerationConfig(do_sample=True, repetition_penalty=1.3)) is None  # HF's own path
+
+
+def test_cli_grpo_trains_and_reports(tiny_model_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from mathrl.cli import app
+
+    out = tmp_path / "cli-out"
+    result = CliRunner().invoke(app, ["grpo", "--model", str(tiny_model_dir), "--task", "arithmetic",
+                                      "--task-config", "1", "--num-samples", "8", "--prompts-per-step", "2",
+                                      "--num-generations", "2", "--max-completion-length", "4", "--max-steps", "1",
+                                      "--dtype", "fp32", "--output-dir", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "trained 1 GRPO steps" in result.output
+    assert json.loads((out / "mathrl_config.json").read_text())["global_step"] == 1
+
+
+@pytest.mark.parametrize("name", ["arithmetic_cpu.yaml", "gsm8k_tags.yaml"])
+def test_shipped_grpo_configs_are_valid(name):
+    from pathlib import Path
+
+    cfg = cfgmod.resolve(GRPORunConfig, Path(__file__).parent.parent / "configs" / "grpo" / name, {})
+    cfg.validate()

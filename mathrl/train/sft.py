@@ -160,6 +160,7 @@ def build_trainer(cfg: SFTRunConfig) -> tuple[Any, list[Sample], dict[str, Any],
         logging_steps=cfg.logging_steps, report_to=cfg.report_to, seed=cfg.seed, data_seed=cfg.seed,
         dataloader_num_workers=0,
     )
+    models.set_cpu_attention(model, args.bf16)  # bf16 autocast on CPU: eager beats the bf16 SDPA kernel
     peft_config = None
     if cfg.method in ("lora", "qlora"):
         ids = tokenizer.convert_tokens_to_ids(new_tokens) if new_tokens else None
