@@ -53,9 +53,10 @@ def _captured_batch(trainer):
     return seen["inputs"]
 
 
-@pytest.mark.parametrize("method", ["full", "lora"])
-def test_fast_logps_loss_and_gradients_match_stock_trl(tiny_model_dir, tmp_path, method):
-    cfg = make_cfg(tiny_model_dir, tmp_path, method=method, max_completion_length=12, beta=0.0)
+@pytest.mark.parametrize("method, checkpointing", [("full", False), ("lora", False), ("full", True)])
+def test_fast_logps_loss_and_gradients_match_stock_trl(tiny_model_dir, tmp_path, method, checkpointing):
+    cfg = make_cfg(tiny_model_dir, tmp_path, method=method, max_completion_length=12, beta=0.0,
+                   gradient_checkpointing=checkpointing)
     trainer, _, _ = build_trainer(cfg)
     assert isinstance(trainer, FastGRPOTrainer)
     inputs = _captured_batch(trainer)
@@ -66,7 +67,10 @@ def test_fast_logps_loss_and_gradients_match_stock_trl(tiny_model_dir, tmp_path,
     mask = torch.cat([prompt_mask, inputs["completion_mask"]], 1)
     n = inputs["completion_ids"].size(1)
 
-    assert trainer._fast_path_ok(model, False, {})  # the comparison below really exercises the fast path
+    # without checkpointing the comparison below really exercises the fast path; with it, TRL's pass runs
+    assert trainer._fast_path_ok(model, False, {}) or checkpointing
+    with torch.enable_grad():
+        assert trainer._fast_path_ok(model.train(), False, {}) != checkpointing
     fast_logps, fast_ents, _ = FastGRPOTrainer._get_per_token_logps_and_entropies(trainer, model, ids, mask, n, compute_entropy=True)
     ref_logps, ref_ents, _ = GRPOTrainer._get_per_token_logps_and_entropies(trainer, model, ids, mask, n, compute_entropy=True)
     cmask = inputs["completion_mask"].bool()

@@ -313,7 +313,8 @@ def test_adversarial_inputs_are_fast():
                 values = fn([text], answer=["17"])
                 elapsed = time.perf_counter() - start
                 assert len(values) == 1 and isinstance(values[0], float)
-                assert elapsed < 0.5, (fmt, name, text[:30], elapsed)
+                # a guard against super-linear blow-ups (minutes), not a speed target: loose for busy machines
+                assert elapsed < 5.0, (fmt, name, text[:30], elapsed)
 
 
 # --------------------------------------------------------------------------------------------------

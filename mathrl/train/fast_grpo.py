@@ -4,7 +4,8 @@ GRPO batches hold each prompt `num_generations` times. Stock TRL runs the full p
 through the model for every row, and on devices without Triton its fused LM head projects every
 position (prompt and padding included) onto the vocabulary. Two overrides remove that waste:
 
-* `_get_per_token_logps_and_entropies`: each distinct prompt is run once; its KV cache is gathered
+* `_get_per_token_logps_and_entropies` (without activation checkpointing, the CPU default; with it,
+  TRL's own pass runs): each distinct prompt is run once; its KV cache is gathered
   to the rows that share it (autograd sums the gradients of the copies back into the one prompt
   pass, so gradients are exact), the completions run on top of that cache, and only real
   completion positions go through the LM head. Entropies are computed without gradient unless
@@ -97,8 +98,13 @@ class FastGRPOTrainer(GRPOTrainer):
         self.segment_tokens = segment_tokens
 
     def _fast_path_ok(self, model: Any, compute_aux_loss: bool, extra: dict[str, Any]) -> bool:
-        cfg = _causal_lm(model).config.get_text_config()
-        return (not compute_aux_loss and all(extra.get(k) is None for k in _MULTIMODAL)
+        lm = _causal_lm(model)
+        cfg = lm.config.get_text_config()
+        # Activation checkpointing in a grad-enabled training pass makes transformers drop past_key_values,
+        # which the shared-prompt pass needs (found on a GPU run, where checkpointing is on by default).
+        checkpointing = getattr(lm, "is_activation_checkpointing", getattr(lm, "is_gradient_checkpointing", False))
+        checkpointing = checkpointing and lm.training and torch.is_grad_enabled()
+        return (not compute_aux_loss and not checkpointing and all(extra.get(k) is None for k in _MULTIMODAL)
                 and not any(getattr(cfg, a, None) not in (None, 1.0) for a in _SCALED_HEAD)
                 and not getattr(self.args, "cast_lm_head_to_fp32", False))
 
