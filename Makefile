@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml scripts/install_torch.sh
 	touch $(STAMP)
 
 demo: install
-	$(VENV)/bin/mathrl eval --model smollm2-135m --task arithmetic --limit 200 --max-new-tokens 160 --output-dir runs/demo/base-eval
+	$(VENV)/bin/mathrl run configs/experiments/demo.yaml
 
 test: install
 	@# the report test renders report.html in headless Chromium; try to install it (root + apt), else that test skips
