@@ -86,3 +86,16 @@ def test_appender_and_torn_tail(tmp_path):
     p.write_bytes(whole + b'{"i": 9}')  # complete JSON but no newline: still a torn write
     assert len(load_partial_jsonl(p)) == 3 and p.read_bytes() == whole
     assert load_partial_jsonl(tmp_path / "none.jsonl") == []
+
+
+def test_atomic_writes_get_normal_permissions(tmp_path):
+    import os
+
+    from mathrl.files import atomic_write_json
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "x.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o644

@@ -102,7 +102,8 @@ class FastGRPOTrainer(GRPOTrainer):
         cfg = lm.config.get_text_config()
         # Activation checkpointing in a grad-enabled training pass makes transformers drop past_key_values,
         # which the shared-prompt pass needs (found on a GPU run, where checkpointing is on by default).
-        checkpointing = getattr(lm, "is_activation_checkpointing", getattr(lm, "is_gradient_checkpointing", False))
+        name = "is_activation_checkpointing" if hasattr(lm, "is_activation_checkpointing") else "is_gradient_checkpointing"
+        checkpointing = getattr(lm, name, False)
         checkpointing = checkpointing and lm.training and torch.is_grad_enabled()
         return (not compute_aux_loss and not checkpointing and all(extra.get(k) is None for k in _MULTIMODAL)
                 and not any(getattr(cfg, a, None) not in (None, 1.0) for a in _SCALED_HEAD)
