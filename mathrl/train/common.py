@@ -150,3 +150,15 @@ def last_checkpoint(output_dir: str | Path) -> str | None:
 
     d = Path(output_dir)
     return get_last_checkpoint(str(d)) if d.is_dir() else None
+
+
+def checkpoint_to_resume(output_dir: str | Path, resume: bool) -> str | None:
+    """The checkpoint to continue from; refuses to train over checkpoints without `resume`, and starts
+    a fresh train_log.jsonl when there is nothing to resume."""
+    out = Path(output_dir)
+    checkpoint = last_checkpoint(out)
+    if checkpoint and not resume:
+        raise MathrlError(f"{out} already has checkpoints; pass --resume to continue or choose another --output-dir")
+    if not checkpoint:
+        (out / "train_log.jsonl").unlink(missing_ok=True)
+    return checkpoint

@@ -180,11 +180,7 @@ def run_sft(cfg: SFTRunConfig) -> dict[str, Any]:
 
     cfg.validate()
     out = Path(cfg.output_dir)
-    checkpoint = common.last_checkpoint(out)
-    if checkpoint and not cfg.resume:
-        raise MathrlError(f"{out} already has checkpoints; pass --resume to continue or choose another --output-dir")
-    if not checkpoint:
-        (out / "train_log.jsonl").unlink(missing_ok=True)
+    checkpoint = common.checkpoint_to_resume(out, cfg.resume)
     trainer, samples, info, new_tokens = build_trainer(cfg)
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)
