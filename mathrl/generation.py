@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from mathrl.errors import MathrlError
 
@@ -64,6 +64,53 @@ def common_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
     return n
 
 
+def generate_in_segments(model: Any, ids: Any, mask: Any, cache: Any, budget: int, segment_tokens: int,
+                         eos_ids: Sequence[int], finished: Callable[[list[int]], bool] | None = None,
+                         **generate_kwargs: Any) -> list[list[int]]:
+    """`model.generate` in segments of `segment_tokens`, dropping finished rows between segments; returns
+    each row's new tokens (everything generated, EOS and what follows it included).
+
+    A batch otherwise decodes every row until its longest row stops: with a few runaway rows most of
+    the work is padding. Kept rows continue from the same KV cache (rows selected with
+    `batch_select_indices`), so greedy results are those of one uninterrupted `generate`. A row is
+    finished when it emitted an EOS id or when `finished(its tokens so far)` says so (stop strings).
+    """
+    import torch
+
+    config = generate_kwargs.get("generation_config")
+    eos = set(eos_ids)
+    new: list[list[int]] = [[] for _ in range(ids.shape[0])]
+    active = list(range(ids.shape[0]))
+    done = 0
+    while active and done < budget:
+        step = min(segment_tokens, budget - done)
+        if config is not None:  # passing max_new_tokens beside a generation_config is deprecated
+            config.max_new_tokens, config.return_dict_in_generate = step, True
+            length = {}
+        else:
+            length = {"max_new_tokens": step, "return_dict_in_generate": True}
+        out = model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache, **length, **generate_kwargs)
+        seqs, cache = out.sequences, out.past_key_values
+        gen = seqs[:, ids.shape[1] :]
+        keep = []
+        for local, row in enumerate(active):
+            toks = gen[local].tolist()
+            new[row] += toks
+            if not (any(t in eos for t in toks) or (finished is not None and finished(new[row]))):
+                keep.append(local)
+        done += gen.shape[1]
+        if not keep or gen.shape[1] < step:
+            break
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], gen.shape[1])], dim=1)
+        if len(keep) < len(active):
+            idx = torch.tensor(keep, device=seqs.device)
+            seqs, mask = seqs[idx], mask[idx]
+            cache.batch_select_indices(idx)
+        ids = seqs
+        active = [active[k] for k in keep]
+    return new
+
+
 class HFGenerator:
     """Batched `model.generate` with shared-prefix KV reuse, stop strings and a progress bar."""
 
@@ -99,49 +146,6 @@ class HFGenerator:
             self._prefix = (key, cache)
         return self._prefix[1]
 
-    def _generate_compacting(self, kwargs: dict[str, Any], eos_ids: list[int], stops: Sequence[str]) -> list[list[int]]:
-        """`model.generate` in segments of `segment_tokens`, dropping finished rows between segments.
-
-        A batch otherwise decodes every row until its longest row stops: with a few runaway rows most
-        of the work is padding. Kept rows continue from the same KV cache (rows selected with
-        `batch_select_indices`), so greedy results are those of one uninterrupted `generate`.
-        """
-        import torch
-
-        ids, mask = kwargs.pop("input_ids"), kwargs.pop("attention_mask")
-        cache = kwargs.pop("past_key_values", None)
-        budget = kwargs.pop("max_new_tokens")
-        eos = set(eos_ids)
-        new: list[list[int]] = [[] for _ in range(ids.shape[0])]
-        active = list(range(ids.shape[0]))
-        done = 0
-        while active and done < budget:
-            step = min(self.segment_tokens, budget - done)
-            out = self.model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache, max_new_tokens=step,
-                                      return_dict_in_generate=True, **kwargs)
-            seqs, cache = out.sequences, out.past_key_values
-            gen = seqs[:, ids.shape[1] :]
-            keep = []
-            for local, row in enumerate(active):
-                toks = gen[local].tolist()
-                new[row] += toks
-                finished = any(t in eos for t in toks)
-                if not finished and stops:
-                    finished = cut_at_stop(self.tokenizer.decode(new[row], skip_special_tokens=True), stops)[1]
-                if not finished:
-                    keep.append(local)
-            done += gen.shape[1]
-            if not keep or gen.shape[1] < step:
-                break
-            mask = torch.cat([mask, mask.new_ones(mask.shape[0], gen.shape[1])], dim=1)
-            if len(keep) < len(active):
-                idx = torch.tensor(keep, device=seqs.device)
-                seqs, mask = seqs[idx], mask[idx]
-                cache.batch_select_indices(idx)
-            ids = seqs
-            active = [active[k] for k in keep]
-        return new
-
     def stream(self, prompts: Sequence[str], params: SamplingParams, add_special_tokens: bool = False) -> Iterator[tuple[list[int], list[list[Completion]]]]:
         """Yield (prompt indices, their completions) batch by batch, longest prompts first."""
         import torch
@@ -159,6 +163,10 @@ class HFGenerator:
         per_batch = max(1, self.batch_size // params.num_samples)
         eos_ids, pad = self._eos_ids(), tok.pad_token_id
         device = self.model.device
+        hit_stop = None
+        if params.stop:
+            def hit_stop(toks: list[int]) -> bool:  # a stop string in the decoded text ends the row
+                return cut_at_stop(tok.decode(toks, skip_special_tokens=True), params.stop)[1]
         bar = tqdm(total=len(prompts), unit="q", desc="generate", disable=not self.progress, dynamic_ncols=True)
         start, generated = time.perf_counter(), 0
         if use_prefix:
@@ -186,7 +194,9 @@ class HFGenerator:
                 cache.batch_repeat_interleave(len(rows))
                 kwargs["past_key_values"] = cache
             with torch.no_grad():
-                new = self._generate_compacting(kwargs, eos_ids, params.stop)
+                new = generate_in_segments(
+                    self.model, kwargs.pop("input_ids"), kwargs.pop("attention_mask"), kwargs.pop("past_key_values", None),
+                    kwargs.pop("max_new_tokens"), self.segment_tokens, eos_ids, finished=hit_stop, **kwargs)
             results: list[list[Completion]] = []
             for j, seq in enumerate(new):
                 n = next((k for k, t in enumerate(seq) if t in eos_ids), len(seq))

@@ -191,9 +191,11 @@ def generate_shared_prompts(model: Any, prompt_ids: list[list[int]], generation_
 
     from transformers import DynamicCache
 
+    from mathrl.generation import generate_in_segments
+
     device = model.device
     gen_config = copy.deepcopy(generation_config)
-    gen_config.return_dict_in_generate, gen_config.pad_token_id, gen_config.eos_token_id = True, pad_id, eos_ids
+    gen_config.pad_token_id, gen_config.eos_token_id = pad_id, eos_ids
     processors = sampling_processors(gen_config)
     extra = {}
     if processors is not None:  # same distribution, cheaper draw (see InverseCDFSampler)
@@ -208,33 +210,8 @@ def generate_shared_prompts(model: Any, prompt_ids: list[list[int]], generation_
     if width > 1:
         model(input_ids=ids[first, :-1], attention_mask=mask[first, :-1], past_key_values=cache, use_cache=True)
         cache.batch_select_indices(inverse)
-    budget = gen_config.max_new_tokens
     eos = set(eos_ids)
-    new: list[list[int]] = [[] for _ in prompt_ids]
-    active = list(range(len(prompt_ids)))
-    done = 0
-    while active and done < budget:
-        step = min(segment_tokens, budget - done)
-        gen_config.max_new_tokens = step
-        out = model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache, generation_config=gen_config,
-                             **extra)
-        seqs, cache = out.sequences, out.past_key_values
-        gen = seqs[:, ids.shape[1] :]
-        keep = []
-        for local, row in enumerate(active):
-            toks = gen[local].tolist()
-            stop = next((k for k, t in enumerate(toks) if t in eos), None)
-            new[row] += toks if stop is None else toks[: stop + 1]
-            if stop is None:
-                keep.append(local)
-        done += gen.shape[1]
-        if not keep or gen.shape[1] < step:
-            break
-        mask = torch.cat([mask, mask.new_ones(mask.shape[0], gen.shape[1])], dim=1)
-        if len(keep) < len(active):
-            idx = torch.tensor(keep, device=device)
-            seqs, mask = seqs[idx], mask[idx]
-            cache.batch_select_indices(idx)
-        ids = seqs
-        active = [active[k] for k in keep]
-    return new
+    rows = generate_in_segments(model, ids, mask, cache, gen_config.max_new_tokens, segment_tokens, eos_ids,
+                                generation_config=gen_config, **extra)
+    cut = [next((k for k, t in enumerate(r) if t in eos), None) for r in rows]
+    return [r if k is None else r[: k + 1] for r, k in zip(rows, cut)]
