@@ -71,6 +71,9 @@ def eval_cmd(
 ) -> None:
     """Evaluate a model on a task: per-sample results, accuracy (strict and flexible) and the protocol."""
     from mathrl import formats
+    from mathrl.distributed import require_single_process
+
+    require_single_process("eval")
     from mathrl.evaluate import EvalConfig, run_eval
 
     proto_fields: dict[str, Any] = dict(format=format, chat_template=chat_template, shots=shots, shot_seed=shot_seed,
@@ -179,6 +182,7 @@ def data_arithmetic(
 
 app.command()(cli_train.sft)
 app.command()(cli_train.grpo)
+app.command()(cli_train.ppo)
 
 
 @app.command()
@@ -192,7 +196,10 @@ def run(
     runs_dir: Path = typer.Option(Path("runs"), help="Stages go to RUNS_DIR/<experiment>/<stage>/."),
 ) -> None:
     """Run an experiment file: cached, resumable stages (eval, SFT, GRPO), then the report."""
+    from mathrl.distributed import require_single_process
     from mathrl.runner import failed, run_file
+
+    require_single_process("run")
 
     results = run_file(experiment_file, experiments, only_eval=only_eval, only_report=only_report, dry_run=dry_run,
                        runs_dir=runs_dir)

@@ -1,4 +1,4 @@
-"""Training commands (`mathrl sft`, `mathrl grpo`): flags override a YAML config; None means "not given"."""
+"""Training commands (`mathrl sft`, `mathrl grpo`, `mathrl ppo`): flags override a YAML config; None means "not given"."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from mathrl.cli_common import parse_kv
+from mathrl.distributed import is_main_process
 
 
 def sft(
@@ -52,6 +53,8 @@ def sft(
         overrides["task_args"] = parse_kv(task_arg, "--task-arg")
     cfg = cfgmod.resolve(SFTRunConfig, config, overrides)
     record = run_sft(cfg)
+    if not is_main_process():
+        return
     typer.echo(f"trained {record['global_step']} steps on {record['num_samples']} samples in {record['train_seconds']} s; "
                f"final loss {record['train_loss']}; model in {cfg.output_dir}")
 
@@ -104,7 +107,66 @@ def grpo(
         overrides["task_args"] = parse_kv(task_arg, "--task-arg")
     cfg = cfgmod.resolve(GRPORunConfig, config, overrides)
     record = run_grpo(cfg)
+    if not is_main_process():
+        return
     typer.echo(f"trained {record['global_step']} GRPO steps in {record['train_seconds']} s "
+               f"({record['seconds_per_step']} s/step); reward {record['reward_first']} -> {record['reward_last']}; "
+               f"model in {cfg.output_dir}")
+    for alarm in record["alarms"][-1:]:
+        typer.secho(f"warning: {alarm}", fg="yellow", err=True)
+
+
+def ppo(
+    model: Optional[str] = typer.Option(None, help="Start model: local dir (e.g. an SFT output), hub id or smollm2-135m."),
+    task: Optional[str] = typer.Option(None, help="Task whose train prompts and gold answers are used."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML of PPO settings (configs/ppo/); flags override it."),
+    task_config: Optional[str] = typer.Option(None, help="Task config (e.g. arithmetic levels 1-2)."),
+    task_arg: Optional[list[str]] = typer.Option(None, "--task-arg", help="Task option key=value (repeatable)."),
+    data_dir: Optional[str] = typer.Option(None, help="Local data directory (else $MATHRL_DATA_DIR, else the hub)."),
+    format: Optional[str] = typer.Option(None, "--format", help="Output format the rewards check."),
+    chat_template: Optional[bool] = typer.Option(None, "--chat-template/--no-chat-template"),
+    rewards: Optional[str] = typer.Option(None, help="NAME[:WEIGHT],... given at the last token (see mathrl.rewards)."),
+    prompts_per_step: Optional[int] = typer.Option(None, help="Training prompts per rollout batch."),
+    rollouts_per_prompt: Optional[int] = typer.Option(None, help="Sampled completions per prompt."),
+    mini_batch_size: Optional[int] = typer.Option(None, help="Rollouts per optimizer step."),
+    grad_accum: Optional[int] = typer.Option(None, help="Micro-batches per mini-batch."),
+    ppo_epochs: Optional[int] = typer.Option(None, help="Passes over each rollout batch."),
+    max_completion_length: Optional[int] = typer.Option(None, help="New-token budget per completion."),
+    num_samples: Optional[int] = typer.Option(None, help="Training prompts drawn from the train split."),
+    kl_coef: Optional[float] = typer.Option(None, help="Per-token KL penalty to the reference (0: no reference)."),
+    gamma: Optional[float] = typer.Option(None), lam: Optional[float] = typer.Option(None, help="GAE lambda."),
+    clip: Optional[float] = typer.Option(None, help="Policy ratio clip."),
+    value_clip: Optional[float] = typer.Option(None), vf_coef: Optional[float] = typer.Option(None),
+    ent_coef: Optional[float] = typer.Option(None),
+    temperature: Optional[float] = typer.Option(None, help="Sampling temperature."),
+    method: Optional[str] = typer.Option(None, help="full or lora."),
+    max_steps: Optional[int] = typer.Option(None, help="Rollout + update steps."),
+    max_minutes: Optional[float] = typer.Option(None, help="Stop (and save) after this much training time."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Policy learning rate."),
+    value_lr: Optional[float] = typer.Option(None, "--value-lr", help="Value head learning rate (default 10 x --lr)."),
+    dtype: Optional[str] = typer.Option(None, help="auto (fp32 weights + bf16 autocast where fast), bf16, fp32."),
+    save_steps: Optional[int] = typer.Option(None), seed: Optional[int] = typer.Option(None),
+    merge: Optional[bool] = typer.Option(None, "--merge/--no-merge", help="LoRA: also write merged weights."),
+    resume: bool = typer.Option(False, help="Continue from the last checkpoint in --output-dir."),
+    output_dir: Optional[str] = typer.Option(None, help="Where the model, value head, log and curves go."),
+) -> None:
+    """PPO with rule-based rewards: value head, GAE, per-token KL to the start model, clipped updates."""
+    from mathrl import config as cfgmod
+    from mathrl.train.ppo import PPORunConfig, run_ppo
+
+    overrides = dict(model=model, task=task, task_config=task_config, data_dir=data_dir, format=format,
+                     chat_template=chat_template, rewards=rewards, prompts_per_step=prompts_per_step,
+                     rollouts_per_prompt=rollouts_per_prompt, mini_batch_size=mini_batch_size, grad_accum=grad_accum,
+                     ppo_epochs=ppo_epochs, max_completion_length=max_completion_length, num_samples=num_samples,
+                     kl_coef=kl_coef, gamma=gamma, lam=lam, clip=clip, value_clip=value_clip, vf_coef=vf_coef,
+                     ent_coef=ent_coef, temperature=temperature, method=method, max_steps=max_steps,
+                     max_minutes=max_minutes, learning_rate=lr, value_learning_rate=value_lr, dtype=dtype,
+                     save_steps=save_steps, seed=seed, merge=merge, resume=resume or None, output_dir=output_dir)
+    if task_arg:
+        overrides["task_args"] = parse_kv(task_arg, "--task-arg")
+    cfg = cfgmod.resolve(PPORunConfig, config, overrides)
+    record = run_ppo(cfg)
+    typer.echo(f"trained {record['global_step']} PPO steps in {record['train_seconds']} s "
                f"({record['seconds_per_step']} s/step); reward {record['reward_first']} -> {record['reward_last']}; "
                f"model in {cfg.output_dir}")
     for alarm in record["alarms"][-1:]:

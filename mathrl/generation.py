@@ -228,10 +228,9 @@ class VLLMGenerator:
     name = "vllm"
 
     def __init__(self, model_path: str, tokenizer: Any, dtype: str = "auto", seed: int = 0, gpu_memory_utilization: float = 0.85, chunk: int = 256):
-        try:
-            import vllm
-        except ImportError:
-            raise MathrlError("--backend vllm needs vLLM, which is not installed: pip install 'mathrl[gpu]' (Linux with CUDA)") from None
+        require_vllm("--backend vllm")
+        import vllm
+
         self.vllm, self.tokenizer, self.chunk = vllm, tokenizer, chunk
         self.llm = vllm.LLM(model=model_path, tokenizer=model_path, dtype=dtype, seed=seed,
                             gpu_memory_utilization=gpu_memory_utilization, enable_prefix_caching=True)
@@ -265,9 +264,23 @@ def vllm_available() -> bool:
     return torch.cuda.is_available()
 
 
+def require_vllm(option: str) -> None:
+    """A one-line error when `option` asks for vLLM where it cannot run."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        raise MathrlError(f"{option} needs vLLM, which is not installed: pip install 'mathrl[gpu]' (Linux with CUDA)")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise MathrlError(f"{option} needs a CUDA GPU; without one the HF backend is the path")
+
+
 def pick_backend(backend: str) -> str:
     if backend == "auto":
         return "vllm" if vllm_available() else "hf"
     if backend not in ("hf", "vllm"):
         raise MathrlError(f"unknown --backend {backend!r}; choose auto, hf or vllm")
+    if backend == "vllm":
+        require_vllm("--backend vllm")
     return backend

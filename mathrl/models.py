@@ -61,12 +61,28 @@ def _file_fingerprint(paths: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
+def _converted(target: Path) -> bool:
+    return (target / "model.safetensors").exists() and (target / "mathrl_source.json").exists()
+
+
 def materialize_embedded(name: str) -> Path:
-    """Directory with safetensors + tokenizer for an embedded model, converting from GGUF once."""
-    spec = EMBEDDED[name]
+    """Directory with safetensors + tokenizer for an embedded model, converting from GGUF once.
+    Processes started together (torchrun ranks, parallel tests) take a file lock: one converts, the others wait."""
+    import fcntl
+
     target = cache_dir() / name
-    if (target / "model.safetensors").exists() and (target / "mathrl_source.json").exists():
+    if _converted(target):
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not _converted(target):
+            _convert_embedded(name, target)
+    return target
+
+
+def _convert_embedded(name: str, target: Path) -> None:
+    spec = EMBEDDED[name]
     found = importlib.util.find_spec(spec.package)
     if found is None or not found.submodule_search_locations:
         raise MathrlError(f"model {name!r} needs its package: {spec.install_hint()}")
@@ -88,7 +104,6 @@ def materialize_embedded(name: str) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.config.name_or_path = spec.hub_id
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}."))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
@@ -97,11 +112,10 @@ def materialize_embedded(name: str) -> Path:
         (tmp / "mathrl_source.json").write_text(json.dumps(source, indent=2))
         if target.exists():
             shutil.rmtree(target)
-        os.replace(tmp, target)  # another process may have won the race; both wrote the same thing
+        os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return target
 
 
 def resolve(name: str) -> tuple[str, str]:
@@ -169,16 +183,37 @@ def load_tokenizer(path_or_id: str, revision: str | None = None, trust_remote_co
     return tok
 
 
-def set_cpu_attention(model: Any, compute_bf16: bool) -> str:
-    """On CPU with bf16 compute, switch attention to the eager kernels and return the implementation used.
+def flash_attention_available() -> bool:
+    """flash-attn >= 2.3.3 installed and a CUDA device (transformers' own check)."""
+    try:
+        from transformers.utils import is_flash_attn_2_available
+    except ImportError:
+        return False
+    return is_flash_attn_2_available()
 
-    Measured here (torch 2.13, SmolLM2-135M): the CPU flash-attention SDPA kernel in bf16 made a batch-32
-    decode step 98 ms vs 59 ms eager, a shared-prompt GRPO forward+backward 4.2 s vs 3.1 s, and its
-    outputs drifted from the eager/fp32 ones; in fp32 or on GPUs SDPA stays.
+
+def set_attention(model: Any, half_compute: bool) -> str:
+    """Pick the attention kernels for where the model runs; return the implementation in use.
+
+    - CPU with bf16 compute: eager. Measured here (torch 2.13, SmolLM2-135M): the CPU flash-attention SDPA
+      kernel in bf16 made a batch-32 decode step 98 ms vs 59 ms eager, a shared-prompt GRPO forward+backward
+      4.2 s vs 3.1 s, and its outputs drifted from the eager/fp32 ones.
+    - CUDA with bf16/fp16 compute (weights, or autocast over fp32 weights): flash_attention_2 when the
+      flash-attn package is installed and loads, else transformers' default, sdpa. Never required.
+    - fp32 compute: unchanged (sdpa).
     """
-    if compute_bf16 and str(model.device).startswith("cpu"):
+    device = str(model.device)
+    if half_compute and device.startswith("cpu"):
         model.set_attn_implementation("eager")
+    elif half_compute and device.startswith("cuda") and flash_attention_available():
+        try:
+            model.set_attn_implementation("flash_attention_2")
+        except (ImportError, ValueError, RuntimeError) as e:  # an installed but broken flash-attn build
+            print(f"[mathrl] flash-attn did not load ({str(e).splitlines()[0][:120]}); using sdpa", flush=True)
     return model.config._attn_implementation
+
+
+set_cpu_attention = set_attention  # the earlier name
 
 
 def load_model(
@@ -222,7 +257,7 @@ def load_model(
         raise MathrlError(f"could not load model {name!r} ({where}): {str(e).splitlines()[0][:200]}") from None
     model.to(device)
     model.eval()
-    attention = set_cpu_attention(model, torch_dtype == torch.bfloat16)
+    attention = set_attention(model, torch_dtype in (torch.bfloat16, torch.float16))
     info = {
         "name": name,
         "kind": kind,

@@ -7,8 +7,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mathrl.distributed import is_main_process
 from mathrl.errors import MathrlError
-from mathrl.files import JsonlAppender
+from mathrl.files import JsonlAppender, atomic_write_json
 
 
 def make_log_callback(output_dir: str | Path, plot_keys: tuple[str, ...] = ("loss",)) -> Any:
@@ -159,6 +160,48 @@ def checkpoint_to_resume(output_dir: str | Path, resume: bool) -> str | None:
     checkpoint = last_checkpoint(out)
     if checkpoint and not resume:
         raise MathrlError(f"{out} already has checkpoints; pass --resume to continue or choose another --output-dir")
-    if not checkpoint:
+    if not checkpoint and is_main_process():
         (out / "train_log.jsonl").unlink(missing_ok=True)
     return checkpoint
+
+
+def announce_world(trainer: Any, batch_note: str) -> None:
+    """One line from the main process of a multi-process launch: how many processes, and what a step holds."""
+    args = trainer.args
+    if args.world_size > 1 and trainer.is_world_process_zero():
+        print(f"[mathrl] {args.world_size} processes ({trainer.accelerator.distributed_type.value.lower()}, "
+              f"{trainer.accelerator.device.type}); {batch_note}", flush=True)
+
+
+def finish_run(trainer: Any, out: Path, base_name: str, merge: bool, record: dict[str, Any]) -> None:
+    """Save model + tokenizer and `mathrl_config.json`. Every process must call this; only the main one writes.
+    Under ZeRO-3 or FSDP the sharded weights are gathered by `trainer.save_model` first."""
+    from mathrl.train.sft import save_model
+
+    is_peft = hasattr(trainer.model, "peft_config")
+    sharded = trainer.is_fsdp_enabled or (trainer.is_deepspeed_enabled
+                                          and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3)
+    adapter_dir = out / "adapter" if is_peft and merge else out
+    if not is_peft or sharded:
+        trainer.save_model(str(adapter_dir))  # collective; writes weights + tokenizer on the main process
+    if trainer.is_world_process_zero():
+        if is_peft and sharded:
+            name_adapter_base(adapter_dir, base_name)
+            if merge:  # the adapter is on disk whole: merge from there
+                from mathrl import models
+
+                merged, tokenizer, _ = models.load_model(str(adapter_dir), dtype="fp32", device="cpu")
+                save_model(merged, tokenizer, out, base_name, merge=True)
+        elif is_peft:
+            save_model(trainer.model, trainer.processing_class, out, base_name, merge)
+        record["world_size"] = trainer.args.world_size
+        atomic_write_json(out / "mathrl_config.json", record)
+    trainer.accelerator.wait_for_everyone()
+
+
+def name_adapter_base(adapter_dir: Path, base_name: str) -> None:
+    """Record the base by its mathrl name (e.g. smollm2-135m), so the adapter loads offline anywhere."""
+    cfg_path = adapter_dir / "adapter_config.json"
+    adapter_cfg = json.loads(cfg_path.read_text())
+    adapter_cfg["base_model_name_or_path"] = base_name
+    atomic_write_json(cfg_path, adapter_cfg)

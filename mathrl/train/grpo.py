@@ -17,7 +17,6 @@ from typing import Any
 
 from mathrl import formats
 from mathrl.errors import MathrlError
-from mathrl.files import atomic_write_json
 from mathrl.tasks import Sample, get_task
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
@@ -181,15 +180,11 @@ def make_alarm_callback(window: int) -> Any:
 
 
 def _use_vllm(cfg: GRPORunConfig) -> bool:
-    from mathrl.generation import vllm_available
-    from mathrl.train.common import cuda_available
+    from mathrl.generation import require_vllm, vllm_available
 
-    if cfg.vllm == "off":
-        return False
-    ok = cuda_available() and vllm_available()
-    if cfg.vllm == "on" and not ok:
-        raise MathrlError("--vllm on needs a CUDA GPU and vLLM: pip install 'mathrl[gpu]'")
-    return ok
+    if cfg.vllm == "on":
+        require_vllm("--vllm on")
+    return cfg.vllm != "off" and vllm_available()
 
 
 def build_trainer(cfg: GRPORunConfig) -> tuple[Any, list[Sample], dict[str, Any]]:
@@ -203,6 +198,7 @@ def build_trainer(cfg: GRPORunConfig) -> tuple[Any, list[Sample], dict[str, Any]
     from mathrl.train.fast_grpo import FastGRPOTrainer
 
     cfg.validate()
+    vllm = _use_vllm(cfg)  # before loading anything: a missing vLLM is a one-line error
     samples = training_prompts(cfg)
     reward_funcs, weights = build_rewards(cfg.rewards, cfg.format)
     model, tokenizer, info = models.load_model(cfg.model, "fp32" if cfg.dtype == "auto" else cfg.dtype)
@@ -211,7 +207,6 @@ def build_trainer(cfg: GRPORunConfig) -> tuple[Any, list[Sample], dict[str, Any]
     dataset = Dataset.from_list([{"prompt": formats.build_prompt(s.question, protocol, tokenizer), "answer": s.answer}
                                  for s in samples])
     on_cuda = common.cuda_available()
-    vllm = _use_vllm(cfg)
     args = GRPOConfig(
         output_dir=cfg.output_dir, max_steps=cfg.max_steps, per_device_train_batch_size=cfg.completions_per_step(),
         gradient_accumulation_steps=cfg.grad_accum, num_generations=cfg.num_generations,
@@ -226,9 +221,9 @@ def build_trainer(cfg: GRPORunConfig) -> tuple[Any, list[Sample], dict[str, Any]
         use_cpu=not on_cuda, use_vllm=vllm, vllm_mode=cfg.vllm_mode,
         save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit, logging_steps=cfg.logging_steps,
         log_completions=cfg.log_completions, report_to=cfg.report_to, seed=cfg.seed, data_seed=cfg.seed,
-        dataloader_num_workers=0,
+        dataloader_num_workers=0, ddp_find_unused_parameters=False,
     )
-    models.set_cpu_attention(model, args.bf16)  # also under autocast: the bf16 CPU SDPA kernel is the slow one
+    models.set_attention(model, args.bf16)  # bf16 autocast: eager on CPU, flash-attn on CUDA when installed
     peft_config = None
     if cfg.method == "lora":
         peft_config = common.lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
@@ -250,26 +245,26 @@ def run_grpo(cfg: GRPORunConfig) -> dict[str, Any]:
     """Train, save model + tokenizer + log + reward curves into cfg.output_dir; return the run record."""
     from mathrl.evaluate import library_versions
     from mathrl.train import common
-    from mathrl.train.sft import save_model
 
     cfg.validate()
     out = Path(cfg.output_dir)
     checkpoint = common.checkpoint_to_resume(out, cfg.resume)
     trainer, samples, info = build_trainer(cfg)
+    common.announce_world(trainer, f"each generates for its own {cfg.completions_per_step() // cfg.num_generations} "
+                                   f"prompts x {cfg.num_generations} per step")
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)
     train_seconds = time.perf_counter() - start
-    save_model(trainer.model, trainer.processing_class, out, cfg.model, cfg.merge)
-    logged = common.read_log(out / "train_log.jsonl")
-    steps = [r for r in logged if "reward" in r]
+    # the log is the main process's file: the others leave its fields empty
+    steps = [r for r in common.read_log(out / "train_log.jsonl") if "reward" in r] if trainer.is_world_process_zero() else []
     record = {
         "trainer": "grpo", "config": asdict(cfg), "base_model": info, "num_prompts": len(samples),
         "train_seconds": round(train_seconds, 1), "global_step": trainer.state.global_step,
         "train_loss": round(result.training_loss, 4),
         "seconds_per_step": round(train_seconds / max(1, trainer.state.global_step), 2) if not checkpoint else None,
         "reward_first": steps[0]["reward"] if steps else None, "reward_last": steps[-1]["reward"] if steps else None,
-        "alarms": [r["alarm"] for r in logged if "alarm" in r], "fast_path": type(trainer).__name__ == "FastGRPOTrainer",
+        "alarms": [r["alarm"] for r in steps if "alarm" in r], "fast_path": type(trainer).__name__ == "FastGRPOTrainer",
         "resumed_from": checkpoint, "versions": library_versions(),
     }
-    atomic_write_json(out / "mathrl_config.json", record)
+    common.finish_run(trainer, out, cfg.model, cfg.merge, record)
     return record

@@ -7,7 +7,6 @@ TRL tokenizes prompt and completion, appends EOS and masks the prompt when `loss
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -16,7 +15,6 @@ from typing import Any
 
 from mathrl import formats
 from mathrl.errors import MathrlError
-from mathrl.files import atomic_write_json
 from mathrl.tasks import Sample, get_task
 
 STAGE_SIZES = {"full": 1024, "rl_prep": 256}  # the seeds' two SFT stages
@@ -158,9 +156,9 @@ def build_trainer(cfg: SFTRunConfig) -> tuple[Any, list[Sample], dict[str, Any],
         bf16=cfg.dtype == "auto" and fast_bf16,  # autocast over fp32 master weights
         use_cpu=not on_cuda, save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
         logging_steps=cfg.logging_steps, report_to=cfg.report_to, seed=cfg.seed, data_seed=cfg.seed,
-        dataloader_num_workers=0,
+        dataloader_num_workers=0, ddp_find_unused_parameters=False,
     )
-    models.set_cpu_attention(model, args.bf16)  # bf16 autocast on CPU: eager beats the bf16 SDPA kernel
+    models.set_attention(model, args.bf16)  # bf16 autocast: eager on CPU, flash-attn on CUDA when installed
     peft_config = None
     if cfg.method in ("lora", "qlora"):
         ids = tokenizer.convert_tokens_to_ids(new_tokens) if new_tokens else None
@@ -182,20 +180,22 @@ def run_sft(cfg: SFTRunConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     checkpoint = common.checkpoint_to_resume(out, cfg.resume)
     trainer, samples, info, new_tokens = build_trainer(cfg)
+    per_step = cfg.batch_size * cfg.grad_accum * trainer.args.world_size
+    common.announce_world(trainer, f"each takes its own {cfg.batch_size} samples per micro-step; {per_step} per optimizer step")
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)
     train_seconds = time.perf_counter() - start
-    save_model(trainer.model, trainer.processing_class, out, cfg.model, cfg.merge)
-    logged = common.read_log(out / "train_log.jsonl")
-    tokens = max((r.get("num_tokens", 0) for r in logged), default=0)
     record = {
         "config": asdict(cfg), "base_model": info, "added_tokens": new_tokens, "num_samples": len(samples),
         "train_seconds": round(train_seconds, 1), "global_step": trainer.state.global_step,
-        "train_loss": round(result.training_loss, 4), "train_tokens": int(tokens),
-        "tokens_per_second": round(tokens / train_seconds, 1) if tokens and not checkpoint else None,
+        "train_loss": round(result.training_loss, 4), "train_tokens": None, "tokens_per_second": None,
         "resumed_from": checkpoint, "versions": library_versions(),
     }
-    atomic_write_json(out / "mathrl_config.json", record)
+    if trainer.is_world_process_zero():  # the log is the main process's file
+        tokens = max((r.get("num_tokens", 0) for r in common.read_log(out / "train_log.jsonl")), default=0)
+        record["train_tokens"] = int(tokens)
+        record["tokens_per_second"] = round(tokens / train_seconds, 1) if tokens and not checkpoint else None
+    common.finish_run(trainer, out, cfg.model, cfg.merge, record)
     return record
 
 
@@ -210,10 +210,9 @@ def save_model(model: Any, tokenizer: Any, out: Path, base_name: str, merge: boo
     adapter_dir = out / "adapter" if merge else out
     model.save_pretrained(adapter_dir, safe_serialization=True)
     tokenizer.save_pretrained(adapter_dir)
-    cfg_path = adapter_dir / "adapter_config.json"
-    adapter_cfg = json.loads(cfg_path.read_text())
-    adapter_cfg["base_model_name_or_path"] = base_name
-    cfg_path.write_text(json.dumps(adapter_cfg, indent=2))
+    from mathrl.train.common import name_adapter_base
+
+    name_adapter_base(adapter_dir, base_name)
     if merge:
         merged = model.merge_and_unload()
         merged.save_pretrained(out, safe_serialization=True)

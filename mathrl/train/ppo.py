@@ -1,0 +1,355 @@
+"""PPO with rule-based rewards: a value head on the policy, per-token KL to a reference, GAE, clipping.
+
+TRL 1.x no longer ships a PPO trainer, so the loop is here, in one readable module (the arithmetic
+is in `ppo_core.py`); accelerate does devices, mixed precision and multi-process (DDP under
+`accelerate launch` or `torchrun`). One step:
+
+1. rollout: `prompts_per_step` training prompts, `rollouts_per_prompt` sampled completions each
+   (the same shared-prompt, compacting generation as `mathrl grpo`);
+2. score: the weighted sum of the reward registry's functions (`--rewards`, as GRPO), given at the
+   completion's last token; every token pays `kl_coef`·(log π − log π_ref);
+3. values and old log-probs from the policy, reference log-probs from the frozen start model (with
+   LoRA: the base with the adapter switched off); GAE(γ, λ) advantages, whitened over the batch;
+4. `ppo_epochs` passes over the rollouts in shuffled mini-batches (each `grad_accum` micro-batches):
+   clipped policy loss + `vf_coef`·clipped value loss − `ent_coef`·entropy.
+
+Simplifications, stated: the value head is a linear layer on the policy's last hidden state (shared
+trunk, as TRL's former `AutoModelForCausalLMWithValueHead`), zero-initialised and trained with its own
+learning rate; the reward is not normalised (rule-based scores are already in [−1, 2]); no adaptive KL
+controller; completions cut at `max_completion_length` are scored like finished ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mathrl import formats
+from mathrl.errors import MathrlError
+from mathrl.files import JsonlAppender, atomic_write_json, atomic_write_text
+from mathrl.train import ppo_core
+from mathrl.train.rollout import Rollout, collect_rollouts, policy_token_stats, prompt_indices
+
+
+@dataclass
+class PPORunConfig:
+    model: str = field(default="smollm2-135m", metadata={"help": "local dir (e.g. an SFT output), hub id or smollm2-135m"})
+    task: str = "gsm8k"
+    task_config: str | None = None
+    task_args: dict[str, Any] = field(default_factory=dict)
+    data_dir: str | None = None
+    format: str = "gsm8k"
+    chat_template: bool = True
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    system_prompt: str | None = None
+    rewards: str = field(default="correctness,format:0.5", metadata={"help": "NAME[:WEIGHT],... (see mathrl.rewards)"})
+    prompts_per_step: int = 32
+    rollouts_per_prompt: int = 1
+    mini_batch_size: int = field(default=8, metadata={"help": "rollouts per optimizer step"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per mini-batch"})
+    ppo_epochs: int = field(default=2, metadata={"help": "passes over each rollout batch"})
+    max_completion_length: int = 256
+    num_samples: int | None = field(default=None, metadata={"help": "training prompts drawn from the train split"})
+    sample_seed: int = 0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    kl_coef: float = field(default=0.05, metadata={"help": "per-token KL penalty to the reference; 0: no reference model"})
+    gamma: float = 0.99
+    lam: float = 0.95
+    clip: float = field(default=0.2, metadata={"help": "policy ratio clip ε"})
+    value_clip: float = 0.2
+    vf_coef: float = 0.1
+    ent_coef: float = 0.01
+    whiten_advantages: bool = True
+    learning_rate: float = 3e-6
+    value_learning_rate: float | None = field(default=None, metadata={"help": "value head lr; None: 10 x learning_rate"})
+    lr_scheduler: str = "constant_with_warmup"
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    weight_decay: float = 0.0
+    max_steps: int = 100
+    max_minutes: float | None = None
+    method: str = field(default="full", metadata={"help": "full | lora"})
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_targets: list[str] | str = "all-linear"
+    dtype: str = field(default="auto", metadata={"help": "auto: fp32 weights + bf16 autocast where bf16 is fast; bf16; fp32"})
+    segment_tokens: int = 16
+    alarm_window: int = 10
+    save_steps: int = 20
+    save_total_limit: int = 2
+    log_completions: bool = False
+    seed: int = 42
+    merge: bool = False
+    resume: bool = False
+    output_dir: str = "runs/ppo"
+
+    def rollouts_per_step(self) -> int:
+        return self.prompts_per_step * self.rollouts_per_prompt
+
+    def validate(self) -> None:
+        n = self.rollouts_per_step()
+        checks = [
+            (self.prompts_per_step >= 1, f"prompts_per_step must be at least 1, got {self.prompts_per_step}"),
+            (self.rollouts_per_prompt >= 1, f"rollouts_per_prompt must be at least 1, got {self.rollouts_per_prompt}"),
+            (self.mini_batch_size >= 1 and n % self.mini_batch_size == 0,
+             f"rollouts per step {n} (prompts_per_step x rollouts_per_prompt) is not divisible by mini_batch_size {self.mini_batch_size}"),
+            (self.grad_accum >= 1 and self.mini_batch_size % self.grad_accum == 0,
+             f"mini_batch_size {self.mini_batch_size} is not divisible by grad_accum {self.grad_accum}"),
+            (self.ppo_epochs >= 1, f"ppo_epochs must be at least 1, got {self.ppo_epochs}"),
+            (self.max_completion_length >= 1, f"max_completion_length must be positive, got {self.max_completion_length}"),
+            (self.temperature > 0, f"temperature must be > 0 for PPO sampling, got {self.temperature}"),
+            (self.kl_coef >= 0, f"kl_coef must be >= 0, got {self.kl_coef}"),
+            (0 <= self.gamma <= 1 and 0 <= self.lam <= 1, f"gamma and lam must be in [0, 1], got {self.gamma}, {self.lam}"),
+            (self.clip > 0 and self.value_clip > 0, f"clip and value_clip must be positive, got {self.clip}, {self.value_clip}"),
+            (self.learning_rate > 0, f"learning_rate must be positive, got {self.learning_rate}"),
+            (self.method in ("full", "lora"), f"method must be full or lora, got {self.method!r}"),
+            (self.dtype in ("auto", "bf16", "fp32"), f"dtype must be auto, bf16 or fp32, got {self.dtype!r}"),
+            (self.max_steps >= 1, f"max_steps must be at least 1, got {self.max_steps}"),
+            (self.save_steps >= 1, f"save_steps must be at least 1, got {self.save_steps}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise MathrlError(msg)
+        formats.get_format(self.format)
+        from mathrl.rewards import build_rewards
+
+        build_rewards(self.rewards, self.format)
+
+    def protocol(self) -> formats.Protocol:
+        return formats.Protocol(format=self.format, chat_template=self.chat_template,
+                                chat_template_kwargs=dict(self.chat_template_kwargs), system_prompt=self.system_prompt)
+
+
+class PolicyAndValue(nn.Module):
+    """The causal LM plus a scalar value head on its last hidden state; one module, so DDP syncs both."""
+
+    def __init__(self, policy: nn.Module):
+        super().__init__()
+        self.policy = policy
+        hidden = policy.get_input_embeddings().weight.shape[1]
+        self.value_head = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor,
+                temperature: float, entropy_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(log-probs, entropies, values) at the completion positions, each (rows, completion tokens)."""
+        return policy_token_stats(self.policy, input_ids, attention_mask, completion_mask, temperature,
+                                  entropy_grad=entropy_grad, value_head=self.value_head)
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    found = [p for p in out.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def save_checkpoint(out: Path, step: int, agent: PolicyAndValue, optimizer: Any, scheduler: Any, keep: int) -> Path:
+    """Trainable weights (safetensors), optimizer and scheduler state, step; written to a temp dir and
+    renamed, so a kill mid-save leaves the previous checkpoint as the last one."""
+    from safetensors.torch import save_file
+
+    final, tmp = out / f"checkpoint-{step}", out / f".checkpoint-{step}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    trainable = {n: p.detach().contiguous().cpu() for n, p in agent.named_parameters() if p.requires_grad}
+    save_file(trainable, str(tmp / "trainable.safetensors"))
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+    atomic_write_json(tmp / "trainer_state.json", {"global_step": step})
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for old in _checkpoints(out)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: str | Path, agent: PolicyAndValue, optimizer: Any, scheduler: Any) -> int:
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    result = agent.load_state_dict(load_file(str(path / "trainable.safetensors")), strict=False)
+    if result.unexpected_keys:
+        raise MathrlError(f"checkpoint {path} does not fit this model (unexpected {result.unexpected_keys[:3]}); "
+                          "was it written with other --method or model?")
+    state = torch.load(path / "optimizer.pt", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return int(json.loads((path / "trainer_state.json").read_text())["global_step"])
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Drop rows logged after the checkpoint a resumed run restarts from (they will be redone)."""
+    if path.exists():
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        atomic_write_text(path, "".join(ln + "\n" for ln in lines))
+
+
+def optimize(agent: Any, accelerator: Any, optimizer: Any, scheduler: Any, batch: Rollout, cfg: PPORunConfig,
+             autocast: Any) -> dict[str, float]:
+    """`ppo_epochs` passes of clipped PPO updates over one rollout batch; mean stats over micro-batches."""
+    sums: dict[str, float] = {}
+    micro = cfg.mini_batch_size // cfg.grad_accum
+    n = batch.size()
+    for _ in range(cfg.ppo_epochs):
+        order = torch.randperm(n)
+        for start in range(0, n, cfg.mini_batch_size):
+            mini = order[start : start + cfg.mini_batch_size]
+            for k in range(cfg.grad_accum):
+                mb = batch.select(mini[k * micro : (k + 1) * micro])
+                sync = nullcontext() if k == cfg.grad_accum - 1 else accelerator.no_sync(agent)
+                with sync:
+                    with autocast():
+                        logps, ents, values = agent(mb.input_ids, mb.attention_mask, mb.mask, cfg.temperature,
+                                                    cfg.ent_coef > 0)
+                    pg, pg_stats = ppo_core.policy_loss(logps, mb.old_logps, mb.advantages, mb.mask, cfg.clip)
+                    vf, vf_clipfrac = ppo_core.value_loss(values, mb.old_values, mb.returns, mb.mask, cfg.value_clip)
+                    entropy = ppo_core.masked_mean(ents, mb.mask)
+                    loss = pg + cfg.vf_coef * vf - cfg.ent_coef * entropy
+                    accelerator.backward(loss / cfg.grad_accum)
+                for key, value in (("loss", loss), ("policy_loss", pg), ("value_loss", vf), ("entropy", entropy),
+                                   ("value_clipfrac", vf_clipfrac), *pg_stats.items()):
+                    sums[key] = sums.get(key, 0.0) + float(value.detach()) / (cfg.ppo_epochs * n // micro)
+            norm = accelerator.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(norm) / (cfg.ppo_epochs * n // cfg.mini_batch_size)
+    return sums
+
+
+def _reference(model: Any, cfg: PPORunConfig) -> Any:
+    """A frozen copy of the start model (None with LoRA, whose reference is the adapter switched off, or
+    without a KL penalty)."""
+    if cfg.kl_coef == 0 or cfg.method == "lora":
+        return None
+    ref = copy.deepcopy(model).eval()
+    ref.requires_grad_(False)
+    return ref
+
+
+def run_ppo(cfg: PPORunConfig) -> dict[str, Any]:
+    """Train; save model + tokenizer + value head + log + curves into cfg.output_dir; return the run record."""
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+    from transformers import GenerationConfig, get_scheduler
+
+    from mathrl import models
+    from mathrl.evaluate import library_versions
+    from mathrl.rewards import build_rewards
+    from mathrl.train import common
+    from mathrl.train.grpo import check_markers, hacking_alarm, training_prompts
+    from mathrl.train.sft import save_model
+
+    cfg.validate()
+    out = Path(cfg.output_dir)
+    checkpoint = common.checkpoint_to_resume(out, cfg.resume)
+    samples = training_prompts(cfg)  # type: ignore[arg-type] - the fields it reads are shared with GRPO
+    reward_funcs, weights = build_rewards(cfg.rewards, cfg.format)
+    on_cuda = common.cuda_available()
+    accelerator = Accelerator(cpu=not on_cuda)
+    bf16 = cfg.dtype == "auto" and (on_cuda or models.cpu_has_fast_bf16())
+    model, tokenizer, info = models.load_model(cfg.model, "fp32" if cfg.dtype == "auto" else cfg.dtype,
+                                               device=str(accelerator.device))
+    protocol = cfg.protocol()
+    check_markers(tokenizer, protocol.resolved_format().markers)
+    models.set_cpu_attention(model, bf16)
+    ref = _reference(model, cfg)
+    if cfg.method == "lora":
+        from peft import get_peft_model
+
+        model = get_peft_model(model, common.lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets))
+    agent = PolicyAndValue(model).to(accelerator.device)
+    policy_params = [p for p in agent.policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW([
+        {"params": policy_params, "lr": cfg.learning_rate},
+        {"params": list(agent.value_head.parameters()), "lr": cfg.value_learning_rate or 10 * cfg.learning_rate},
+    ], weight_decay=cfg.weight_decay)
+    updates_per_step = cfg.ppo_epochs * (cfg.rollouts_per_step() // cfg.mini_batch_size)
+    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps * updates_per_step,
+                              num_training_steps=cfg.max_steps * updates_per_step)
+    start_step = load_checkpoint(checkpoint, agent, optimizer, scheduler) if checkpoint else 0
+    agent, optimizer = accelerator.prepare(agent, optimizer)
+    unwrapped = accelerator.unwrap_model(agent)
+    dtype = torch.bfloat16 if bf16 else None
+
+    def autocast() -> Any:
+        return torch.autocast(accelerator.device.type, dtype=torch.bfloat16) if dtype else nullcontext()
+
+    gen_config = GenerationConfig(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
+                                  max_new_tokens=cfg.max_completion_length)
+    prompts = [formats.build_prompt(s.question, protocol, tokenizer) for s in samples]
+    main = accelerator.is_main_process
+    log_path = out / "train_log.jsonl"
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        truncate_log(log_path, start_step)
+    log = JsonlAppender(log_path)
+    samples_log = JsonlAppender(out / "completions.jsonl") if cfg.log_completions and main else None
+    rows: list[dict[str, Any]] = [r for r in common.read_log(log_path) if "reward" in r]
+    began, step = time.perf_counter(), start_step
+    bar = tqdm(total=cfg.max_steps, initial=start_step, desc="ppo", unit="step", disable=not main, dynamic_ncols=True)
+    while step < cfg.max_steps:
+        t0 = time.perf_counter()
+        torch.manual_seed(cfg.seed + 1009 * step + accelerator.process_index)  # resumes draw the same rollouts
+        idx = prompt_indices(len(samples), step, cfg.prompts_per_step, accelerator.process_index,
+                             accelerator.num_processes, cfg.seed)
+        batch, rollout_stats, texts = collect_rollouts(
+            unwrapped, ref, tokenizer, [prompts[i] for i in idx], [samples[i].answer for i in idx], cfg,
+            gen_config, reward_funcs, weights, autocast, protocol.chat_template)
+        agent.train()
+        stats = optimize(agent, accelerator, optimizer, scheduler, batch, cfg, autocast)
+        step += 1
+        row = {**rollout_stats, **stats, "learning_rate": scheduler.get_last_lr()[0],
+               "step_time": time.perf_counter() - t0}
+        row = {k: float(v) for k, v in zip(row, accelerator.reduce(torch.tensor(list(row.values()),
+                                                                                 device=accelerator.device), "mean"))}
+        row = {"step": step, "time": round(time.time(), 2), **{k: round(v, 6) for k, v in row.items() if v == v}}
+        rows.append(row)
+        alarm = hacking_alarm(rows, cfg.alarm_window)
+        if alarm:
+            row["alarm"] = alarm
+            if main:
+                print(f"warning: step {step}: {alarm}", flush=True)
+        if main:
+            log.append([row])
+            if samples_log:
+                samples_log.append([{"step": step, "prompt": p, "completion": c, "reward": r}
+                                    for p, c, r in zip(*texts)])
+        bar.update(1)
+        bar.set_postfix(reward=f"{row['reward']:.3f}", kl=f"{row.get('kl', 0.0):.3f}")
+        out_of_time = cfg.max_minutes is not None and time.perf_counter() - began > cfg.max_minutes * 60
+        if main and (step % cfg.save_steps == 0 or out_of_time or step == cfg.max_steps):
+            save_checkpoint(out, step, unwrapped, optimizer, scheduler, cfg.save_total_limit)
+        accelerator.wait_for_everyone()
+        if out_of_time:
+            break
+    bar.close()
+    train_seconds = time.perf_counter() - began
+    record = {
+        "trainer": "ppo", "config": asdict(cfg), "base_model": info, "num_prompts": len(samples),
+        "train_seconds": round(train_seconds, 1), "global_step": step,
+        "seconds_per_step": round(train_seconds / max(1, step - start_step), 2),
+        "reward_first": rows[0]["reward"] if rows else None, "reward_last": rows[-1]["reward"] if rows else None,
+        "alarms": [r["alarm"] for r in rows if "alarm" in r], "resumed_from": checkpoint,
+        "world_size": accelerator.num_processes, "versions": library_versions(),
+    }
+    if main:
+        from safetensors.torch import save_file
+
+        save_model(unwrapped.policy, tokenizer, out, cfg.model, cfg.merge)
+        save_file({k: v.contiguous() for k, v in unwrapped.value_head.state_dict().items()}, str(out / "value_head.safetensors"))
+        common.plot_curves(log_path, out / "training_curves.png",
+                           ("reward", "kl", "policy_loss", "value_loss", "explained_variance", "completion_length"))
+        atomic_write_json(out / "mathrl_config.json", record)
+    accelerator.wait_for_everyone()
+    return record
