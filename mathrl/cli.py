@@ -72,9 +72,9 @@ def eval_cmd(
     """Evaluate a model on a task: per-sample results, accuracy (strict and flexible) and the protocol."""
     from mathrl import formats
     from mathrl.distributed import require_single_process
+    from mathrl.evaluate import EvalConfig, run_eval
 
     require_single_process("eval")
-    from mathrl.evaluate import EvalConfig, run_eval
 
     proto_fields: dict[str, Any] = dict(format=format, chat_template=chat_template, shots=shots, shot_seed=shot_seed,
                                         chat_template_kwargs=parse_json_option(chat_template_kwargs, "--chat-template-kwargs"),
@@ -200,7 +200,6 @@ def run(
     from mathrl.runner import failed, run_file
 
     require_single_process("run")
-
     results = run_file(experiment_file, experiments, only_eval=only_eval, only_report=only_report, dry_run=dry_run,
                        runs_dir=runs_dir)
     bad = failed(results)

@@ -83,7 +83,8 @@ def grpo(
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate."),
     dtype: Optional[str] = typer.Option(None, help="auto (fp32 weights + bf16 autocast where fast), bf16, fp32."),
     vllm: Optional[str] = typer.Option(None, help="auto (CUDA + vllm installed), on or off."),
-    vllm_mode: Optional[str] = typer.Option(None, help="colocate or server."),
+    vllm_mode: Optional[str] = typer.Option(None, help="colocate or server (start `trl vllm-serve` first)."),
+    vllm_server_url: Optional[str] = typer.Option(None, help="Server mode: the vLLM server's URL (default http://0.0.0.0:8000)."),
     fast: Optional[bool] = typer.Option(None, "--fast/--stock", help="mathrl's shared-prompt trainer, or stock TRL."),
     save_steps: Optional[int] = typer.Option(None), seed: Optional[int] = typer.Option(None),
     report_to: Optional[str] = typer.Option(None, help="none, tensorboard, trackio or wandb."),
@@ -100,7 +101,8 @@ def grpo(
                      prompts_per_step=prompts_per_step, batch_size=batch_size,
                      max_completion_length=max_completion_length, num_samples=num_samples, beta=beta,
                      loss_type=loss_type, temperature=temperature, method=method, max_steps=max_steps,
-                     max_minutes=max_minutes, learning_rate=lr, dtype=dtype, vllm=vllm, vllm_mode=vllm_mode, fast=fast,
+                     max_minutes=max_minutes, learning_rate=lr, dtype=dtype, vllm=vllm, vllm_mode=vllm_mode,
+                     vllm_server_url=vllm_server_url, fast=fast,
                      save_steps=save_steps, seed=seed, report_to=report_to, merge=merge, resume=resume or None,
                      output_dir=output_dir)
     if task_arg:

@@ -174,6 +174,7 @@ def run_eval(cfg: EvalConfig, model_bundle: tuple[Any, Any, dict[str, Any]] | No
     params.validate()
     if cfg.batch_size < 1:
         raise MathrlError(f"--batch-size must be at least 1, got {cfg.batch_size}")
+    backend = generation.pick_backend(cfg.backend)  # a missing vLLM fails before anything is written
     samples = subsample(task.load(cfg.split), cfg.limit, cfg.sample_seed)
     shots = select_shots(task, cfg.protocol, fmt)
     out = Path(cfg.output_dir)
@@ -183,7 +184,6 @@ def run_eval(cfg: EvalConfig, model_bundle: tuple[Any, Any, dict[str, Any]] | No
     done = {(r["id"], r["sample_idx"]) for r in done_rows}
     todo = [s for s in samples if any((s.id, k) not in done for k in range(cfg.num_samples))]
 
-    backend = generation.pick_backend(cfg.backend)
     gen_stats: dict[str, Any] = {}
     model_info: dict[str, Any] = {"name": cfg.model}
     if todo:

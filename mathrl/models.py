@@ -160,9 +160,13 @@ def pick_dtype(dtype: str = "auto", device: str | None = None) -> Any:
 
 
 def default_device() -> str:
+    """cuda (this process's GPU, LOCAL_RANK, under a multi-process launch) or cpu."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        return "cpu"
+    local = os.environ.get("LOCAL_RANK", "")
+    return f"cuda:{local}" if local.isdigit() and int(local) < torch.cuda.device_count() else "cuda"
 
 
 def model_revision(path_or_id: str, kind: str, model: Any = None) -> str | None:

@@ -173,14 +173,20 @@ def announce_world(trainer: Any, batch_note: str) -> None:
               f"{trainer.accelerator.device.type}); {batch_note}", flush=True)
 
 
+def weights_sharded(trainer: Any) -> bool:
+    """FSDP or DeepSpeed ZeRO-3: no process holds whole weights outside the wrapped model's forward."""
+    return bool(trainer.is_fsdp_enabled or (trainer.is_deepspeed_enabled
+                                            and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3))
+
+
 def finish_run(trainer: Any, out: Path, base_name: str, merge: bool, record: dict[str, Any]) -> None:
     """Save model + tokenizer and `mathrl_config.json`. Every process must call this; only the main one writes.
     Under ZeRO-3 or FSDP the sharded weights are gathered by `trainer.save_model` first."""
     from mathrl.train.sft import save_model
 
+    record["world_size"] = trainer.args.world_size
     is_peft = hasattr(trainer.model, "peft_config")
-    sharded = trainer.is_fsdp_enabled or (trainer.is_deepspeed_enabled
-                                          and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3)
+    sharded = weights_sharded(trainer)
     adapter_dir = out / "adapter" if is_peft and merge else out
     if not is_peft or sharded:
         trainer.save_model(str(adapter_dir))  # collective; writes weights + tokenizer on the main process
@@ -194,7 +200,6 @@ def finish_run(trainer: Any, out: Path, base_name: str, merge: bool, record: dic
                 save_model(merged, tokenizer, out, base_name, merge=True)
         elif is_peft:
             save_model(trainer.model, trainer.processing_class, out, base_name, merge)
-        record["world_size"] = trainer.args.world_size
         atomic_write_json(out / "mathrl_config.json", record)
     trainer.accelerator.wait_for_everyone()
 

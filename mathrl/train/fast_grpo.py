@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from trl import GRPOTrainer
 
+from mathrl.train.common import weights_sharded
+
 _MULTIMODAL = ("pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes", "num_tiles",
                "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids")
 # Models whose LM head is not a plain projection: leave them to TRL's fused head.
@@ -105,7 +107,8 @@ class FastGRPOTrainer(GRPOTrainer):
         name = "is_activation_checkpointing" if hasattr(lm, "is_activation_checkpointing") else "is_gradient_checkpointing"
         checkpointing = getattr(lm, name, False)
         checkpointing = checkpointing and lm.training and torch.is_grad_enabled()
-        return (not compute_aux_loss and not checkpointing and all(extra.get(k) is None for k in _MULTIMODAL)
+        # FSDP / ZeRO-3 gather sharded weights around the wrapped model's forward: TRL's pass runs that
+        return (not compute_aux_loss and not checkpointing and not weights_sharded(self) and all(extra.get(k) is None for k in _MULTIMODAL)
                 and not any(getattr(cfg, a, None) not in (None, 1.0) for a in _SCALED_HEAD)
                 and not getattr(self.args, "cast_lm_head_to_fp32", False))
 

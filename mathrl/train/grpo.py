@@ -66,6 +66,7 @@ class GRPORunConfig:
     segment_tokens: int = 16
     vllm: str = field(default="auto", metadata={"help": "auto (with CUDA and vllm installed) | on | off"})
     vllm_mode: str = field(default="colocate", metadata={"help": "colocate | server"})
+    vllm_server_url: str | None = field(default=None, metadata={"help": "server mode: `trl vllm-serve`'s URL; None: http://0.0.0.0:8000"})
     gradient_checkpointing: bool | None = field(default=None, metadata={"help": "None: on with CUDA, off on CPU"})
     optim: str = "auto"
     alarm_window: int = field(default=10, metadata={"help": "logged steps the reward-hacking alarm looks back over"})
@@ -218,7 +219,7 @@ def build_trainer(cfg: GRPORunConfig) -> tuple[Any, list[Sample], dict[str, Any]
         activation_checkpointing=on_cuda if cfg.gradient_checkpointing is None else cfg.gradient_checkpointing,
         optim=common.pick_optimizer(cfg.optim),
         bf16=cfg.dtype in ("auto", "bf16") and (on_cuda or models.cpu_has_fast_bf16()),
-        use_cpu=not on_cuda, use_vllm=vllm, vllm_mode=cfg.vllm_mode,
+        use_cpu=not on_cuda, use_vllm=vllm, vllm_mode=cfg.vllm_mode, vllm_server_base_url=cfg.vllm_server_url,
         save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit, logging_steps=cfg.logging_steps,
         log_completions=cfg.log_completions, report_to=cfg.report_to, seed=cfg.seed, data_seed=cfg.seed,
         dataloader_num_workers=0, ddp_find_unused_parameters=False,
