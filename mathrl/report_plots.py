@@ -14,7 +14,8 @@ METHOD_COLORS = {"base": "#7f7f7f", "sft": "#1f77b4", "grpo": "#d62728", "ppo": 
 FORMAT_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
 METHOD_ORDER = ("base", "sft", "grpo", "ppo")
 # training-log keys worth a panel, in display order; the reward panel also takes rewards/<name>/mean
-CURVE_KEYS = ("loss", "reward", "kl", "entropy", "completion_length", "grad_norm", "learning_rate")
+CURVE_KEYS = ("loss", "reward", "kl", "entropy", "completion_length", "completions/mean_length", "value_loss",
+              "explained_variance", "clipfrac", "grad_norm", "learning_rate")
 
 
 def _plt():

@@ -86,9 +86,11 @@ def estimate(st: Stage) -> str:
                 return f"{s.get('epochs', 1)} ep × all samples"
             steps = math.ceil(n * s.get("epochs", 1) / per_step)
         return f"{steps} steps × {per_step} seq"
-    keys = ("max_steps", "prompts_per_step", "num_generations", "max_completion_length")
-    steps, prompts, gens, length = (s.get(k, "?") for k in keys)
-    return f"{steps} steps × {prompts}×{gens} gen × {length} tok"
+    per_prompt = "rollouts_per_prompt" if st.kind == "ppo" else "num_generations"
+    steps, prompts, gens, length = (s.get(k, "?") for k in ("max_steps", "prompts_per_step", per_prompt,
+                                                             "max_completion_length"))
+    epochs = f" × {s['ppo_epochs']} epochs" if st.kind == "ppo" and "ppo_epochs" in s else ""
+    return f"{steps} steps × {prompts}×{gens} gen × {length} tok{epochs}"
 
 
 def print_plan(name: str, stages: list[Stage], plan: dict[str, Any], console: Any) -> None:

@@ -222,3 +222,27 @@ def test_shipped_grpo_configs_are_valid(name):
 
     cfg = cfgmod.resolve(GRPORunConfig, Path(__file__).parent.parent / "configs" / "grpo" / name, {})
     cfg.validate()
+
+
+def test_shared_prompt_sampling_draws_from_the_model_for_left_padded_rows(tiny_bundle):
+    """Samples must come from the distribution the trainer scores them with. A position-sensitive model
+    (large random weights) shows it: the first sampled token of a left-padded row is drawn from
+    softmax(logits of the plain forward), checked with the exact log-likelihood of many draws."""
+    from transformers import GenerationConfig, LlamaForCausalLM
+
+    _, tok, _ = tiny_bundle
+    torch.manual_seed(0)
+    config = tiny_bundle[0].config.__class__.from_dict({**tiny_bundle[0].config.to_dict(), "initializer_range": 0.6})
+    model = LlamaForCausalLM(config).eval()
+    short, long = tok("What is 2 + 3?")["input_ids"], tok("Ava has 5 apples and buys 3 packs with 4 apples each.")["input_ids"]
+    rows = [short] * 200 + [long] * 2
+    cfg = GenerationConfig(max_new_tokens=1, do_sample=True, temperature=1.0, top_k=0)
+    with torch.no_grad():
+        got = generate_shared_prompts(model, rows, cfg, tok.pad_token_id, [tok.eos_token_id], segment_tokens=1)
+        probs = torch.softmax(model(torch.tensor([short])).logits[0, -1].float(), -1)
+    counts = torch.bincount(torch.tensor([g[0] for g in got[:200]]), minlength=probs.numel()).float()
+    top = int(probs.argmax())
+    assert probs.max() > 0.05, "the test model should have a clear favourite token"
+    # the favourite's frequency within 5 standard errors of its probability
+    p = float(probs[top])
+    assert abs(counts[top] / 200 - p) < 5 * (p * (1 - p) / 200) ** 0.5 + 1e-3

@@ -211,7 +211,13 @@ def generate_shared_prompts(model: Any, prompt_ids: list[list[int]], generation_
     first, inverse = group_rows(ids, mask)
     cache = DynamicCache(config=_causal_lm(model).config)
     if width > 1:
-        model(input_ids=ids[first, :-1], attention_mask=mask[first, :-1], past_key_values=cache, use_cache=True)
+        # Positions as `generate` counts them (left padding skipped): without them a padded row's prompt
+        # would sit `padding` positions away from the tokens decoded after it, and the samples would come
+        # from a corrupted distribution.
+        prefix_mask = mask[first, :-1]
+        positions = (prefix_mask.cumsum(-1) - 1).clamp(min=0)
+        model(input_ids=ids[first, :-1], attention_mask=prefix_mask, position_ids=positions, past_key_values=cache,
+              use_cache=True)
         cache.batch_select_indices(inverse)
     eos = set(eos_ids)
     rows = generate_in_segments(model, ids, mask, cache, gen_config.max_new_tokens, segment_tokens, eos_ids,
