@@ -168,6 +168,8 @@ def ppo(
         overrides["task_args"] = parse_kv(task_arg, "--task-arg")
     cfg = cfgmod.resolve(PPORunConfig, config, overrides)
     record = run_ppo(cfg)
+    if not is_main_process():
+        return
     typer.echo(f"trained {record['global_step']} PPO steps in {record['train_seconds']} s "
                f"({record['seconds_per_step']} s/step); reward {record['reward_first']} -> {record['reward_last']}; "
                f"model in {cfg.output_dir}")

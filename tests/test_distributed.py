@@ -97,3 +97,17 @@ def test_single_process_commands_refuse_a_multi_process_launch(command, tmp_path
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "runs as one process, but this launch started 2" in proc.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_torchrun_ppo_two_ranks(tiny_model_dir, tmp_path):
+    out = tmp_path / "ppo"
+    proc, events = torchrun(tmp_path, "ppo", "--model", str(tiny_model_dir), "--task", "arithmetic", "--task-config", "1",
+                            "--num-samples", "8", "--prompts-per-step", "2", "--mini-batch-size", "2",
+                            "--max-completion-length", "8", "--max-steps", "2", "--dtype", "fp32", "--output-dir", str(out))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # PPO's loop is its own (no Trainer steps to record): rank 0 shows writes, rank 1 must show none
+    assert any(e["event"] == "write" for e in events[0]) and not events.get(1)
+    assert proc.stdout.count("trained ") == 1
+    assert [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()] == [1, 2]
+    assert json.loads((out / "mathrl_config.json").read_text())["world_size"] == 2
+    check_loads(out)
