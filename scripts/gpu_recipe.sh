@@ -5,7 +5,8 @@
 #
 #   bash scripts/gpu_recipe.sh                                        # Qwen2.5-0.5B-Instruct, docs/gpu.md sizes
 #   MODEL=Qwen/Qwen2.5-1.5B-Instruct SFT_METHOD=lora bash scripts/gpu_recipe.sh
-#   MODEL=smollm2-135m LIMIT=200 SFT_MINUTES=2 GRPO_MINUTES=2.5 bash scripts/gpu_recipe.sh   # the measured run
+#   MODEL=smollm2-135m LIMIT=200 BACKEND=hf SFT_LR=1e-4 SFT_MINUTES=1.5 GRPO_LR=3e-6 GRPO_MINUTES=2.5 bash scripts/gpu_recipe.sh
+#       (docs/benchmarks.md "GPU", run 1)
 #
 # Settings (environment variables, defaults in brackets): MODEL [Qwen/Qwen2.5-0.5B-Instruct], RUNS
 # [runs/gpu-recipe], FORMAT [gsm8k], LIMIT: evaluation questions, a seeded subset [all 1,319],
