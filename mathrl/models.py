@@ -199,16 +199,20 @@ def flash_attention_available() -> bool:
 def set_attention(model: Any, half_compute: bool) -> str:
     """Pick the attention kernels for where the model runs; return the implementation in use.
 
-    - CPU with bf16 compute: eager. Measured here (torch 2.13, SmolLM2-135M): the CPU flash-attention SDPA
-      kernel in bf16 made a batch-32 decode step 98 ms vs 59 ms eager, a shared-prompt GRPO forward+backward
-      4.2 s vs 3.1 s, and its outputs drifted from the eager/fp32 ones.
+    - CPU with bf16 compute: `mathrl_gqa` (mathrl/cpu_attention.py: eager's arithmetic without copying
+      the grouped KV heads). Measured here (torch 2.13, SmolLM2-135M): the CPU flash-attention SDPA kernel
+      in bf16 made a batch-32 decode step 98 ms vs 59 ms eager, a shared-prompt GRPO forward+backward
+      4.2 s vs 3.1 s, and its outputs drifted from the eager/fp32 ones; `mathrl_gqa` then made a batch-32
+      decode step over a 750-token cache 1.9x faster than eager (benchmarks/decode_attention.py).
     - CUDA with bf16/fp16 compute (weights, or autocast over fp32 weights): flash_attention_2 when the
       flash-attn package is installed and loads, else transformers' default, sdpa. Never required.
     - fp32 compute: unchanged (sdpa).
     """
     device = str(model.device)
     if half_compute and device.startswith("cpu"):
-        model.set_attn_implementation("eager")
+        from mathrl import cpu_attention
+
+        model.set_attn_implementation(cpu_attention.register())
     elif half_compute and device.startswith("cuda") and flash_attention_available():
         try:
             model.set_attn_implementation("flash_attention_2")
