@@ -4,12 +4,35 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mathrl.distributed import is_main_process
 from mathrl.errors import MathrlError
 from mathrl.files import JsonlAppender, atomic_write_json
+
+
+@dataclass
+class PromptSettings:
+    """Start model, task and prompt protocol: what every trainer shares. Prompts are exactly those of
+    `mathrl eval` (`formats.build_prompt`), so training and evaluation cannot drift apart."""
+
+    model: str = field(default="smollm2-135m", metadata={"help": "local dir (e.g. an SFT output), hub id or smollm2-135m"})
+    task: str = field(default="gsm8k", metadata={"help": "task whose train split is used"})
+    task_config: str | None = None
+    task_args: dict[str, Any] = field(default_factory=dict)
+    data_dir: str | None = None
+    format: str = field(default="gsm8k", metadata={"help": "output format (solutions, rewards)"})
+    chat_template: bool = True
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    system_prompt: str | None = field(default=None, metadata={"help": "None: the format's instruction; '' for none"})
+
+    def protocol(self) -> Any:
+        from mathrl import formats
+
+        return formats.Protocol(format=self.format, chat_template=self.chat_template,
+                                chat_template_kwargs=dict(self.chat_template_kwargs), system_prompt=self.system_prompt)
 
 
 def make_log_callback(output_dir: str | Path, plot_keys: tuple[str, ...] = ("loss",)) -> Any:

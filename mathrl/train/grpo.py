@@ -17,22 +17,14 @@ from typing import Any
 
 from mathrl import formats
 from mathrl.errors import MathrlError
+from mathrl.train.common import PromptSettings
 from mathrl.tasks import Sample, get_task
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
 
 
 @dataclass
-class GRPORunConfig:
-    model: str = field(default="smollm2-135m", metadata={"help": "local dir (e.g. an SFT output), hub id or smollm2-135m"})
-    task: str = "gsm8k"
-    task_config: str | None = None
-    task_args: dict[str, Any] = field(default_factory=dict)
-    data_dir: str | None = None
-    format: str = "gsm8k"
-    chat_template: bool = True
-    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
-    system_prompt: str | None = None
+class GRPORunConfig(PromptSettings):
     rewards: str = field(default="correctness,format:0.5", metadata={"help": "NAME[:WEIGHT],... (see mathrl.rewards)"})
     num_generations: int = field(default=8, metadata={"help": "completions per prompt (the GRPO group)"})
     prompts_per_step: int = 4
@@ -110,9 +102,6 @@ class GRPORunConfig:
 
         build_rewards(self.rewards, self.format)  # unknown reward names fail before any model loads
 
-    def protocol(self) -> formats.Protocol:
-        return formats.Protocol(format=self.format, chat_template=self.chat_template,
-                                chat_template_kwargs=dict(self.chat_template_kwargs), system_prompt=self.system_prompt)
 
 
 def training_prompts(cfg: GRPORunConfig) -> list[Sample]:

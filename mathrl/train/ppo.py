@@ -35,22 +35,14 @@ from torch import nn
 
 from mathrl import formats
 from mathrl.errors import MathrlError
+from mathrl.train.common import PromptSettings
 from mathrl.files import JsonlAppender, atomic_write_json, atomic_write_text
 from mathrl.train import ppo_core
 from mathrl.train.rollout import Rollout, collect_rollouts, policy_token_stats, prompt_indices
 
 
 @dataclass
-class PPORunConfig:
-    model: str = field(default="smollm2-135m", metadata={"help": "local dir (e.g. an SFT output), hub id or smollm2-135m"})
-    task: str = "gsm8k"
-    task_config: str | None = None
-    task_args: dict[str, Any] = field(default_factory=dict)
-    data_dir: str | None = None
-    format: str = "gsm8k"
-    chat_template: bool = True
-    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
-    system_prompt: str | None = None
+class PPORunConfig(PromptSettings):
     rewards: str = field(default="correctness,format:0.5", metadata={"help": "NAME[:WEIGHT],... (see mathrl.rewards)"})
     prompts_per_step: int = 32
     rollouts_per_prompt: int = 1
@@ -126,9 +118,6 @@ class PPORunConfig:
 
         build_rewards(self.rewards, self.format)
 
-    def protocol(self) -> formats.Protocol:
-        return formats.Protocol(format=self.format, chat_template=self.chat_template,
-                                chat_template_kwargs=dict(self.chat_template_kwargs), system_prompt=self.system_prompt)
 
 
 class PolicyAndValue(nn.Module):

@@ -15,22 +15,14 @@ from typing import Any
 
 from mathrl import formats
 from mathrl.errors import MathrlError
+from mathrl.train.common import PromptSettings
 from mathrl.tasks import Sample, get_task
 
 STAGE_SIZES = {"full": 1024, "rl_prep": 256}  # the seeds' two SFT stages
 
 
 @dataclass
-class SFTRunConfig:
-    model: str = field(default="smollm2-135m", metadata={"help": "local dir, hub id or smollm2-135m"})
-    task: str = field(default="gsm8k", metadata={"help": "task whose train split and worked solutions are used"})
-    task_config: str | None = None
-    task_args: dict[str, Any] = field(default_factory=dict)
-    data_dir: str | None = None
-    format: str = field(default="gsm8k", metadata={"help": "output format the solutions are written in"})
-    chat_template: bool = True
-    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
-    system_prompt: str | None = field(default=None, metadata={"help": "None: the format's instruction; '' for none"})
+class SFTRunConfig(PromptSettings):
     loss: str = field(default="completion", metadata={"help": "completion (prompt masked) | full"})
     method: str = field(default="full", metadata={"help": "full | lora | qlora (CUDA only)"})
     stage: str | None = field(default=None, metadata={"help": "full (1,024 samples) | rl_prep (256); None: all"})
@@ -78,9 +70,6 @@ class SFTRunConfig:
                 raise MathrlError(msg)
         formats.get_format(self.format)
 
-    def protocol(self) -> formats.Protocol:
-        return formats.Protocol(format=self.format, chat_template=self.chat_template,
-                                chat_template_kwargs=dict(self.chat_template_kwargs), system_prompt=self.system_prompt)
 
     def size(self) -> int | None:
         return self.num_samples or (STAGE_SIZES[self.stage] if self.stage else None)
