@@ -35,7 +35,6 @@ import argparse
 import glob
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -43,6 +42,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from machine import cpu_name, machine_busy_seconds
 
 # lm-eval's tasks/gsm8k/gsm8k.yaml (0.4.x) with the data source swapped for local files.
 TASK_YAML = """\
@@ -95,14 +96,6 @@ metadata:
 """
 
 
-def machine_busy_seconds() -> float | None:
-    """CPU-seconds all processes have spent busy (user+nice+system+irq+softirq), from /proc/stat."""
-    try:
-        f = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-        return (int(f[0]) + int(f[1]) + int(f[2]) + int(f[5]) + int(f[6])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
-
 
 def children_cpu_seconds() -> float:
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -128,15 +121,6 @@ def run_timed(cmd: list[str], log: Path, env: dict[str, str]) -> float:
     print(f"  done in {seconds:.1f} s, {own1 - own0:.0f} CPU-s; other processes kept {other} cores busy (log: {log})", flush=True)
     return seconds
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
