@@ -31,10 +31,10 @@ def time_decode(model, impl: str, batch: int, cache_len: int, steps: int) -> flo
     times = []
     with torch.no_grad():
         cache = DynamicCache(config=model.config)
-        model(input_ids=ids, past_key_values=cache, use_cache=True)
+        model(input_ids=ids, cache=cache, use_cache=True)
         for _ in range(steps + 1):
             t0 = time.perf_counter()
-            model(input_ids=step_ids, attention_mask=mask, past_key_values=cache, use_cache=True)
+            model(input_ids=step_ids, attention_mask=mask, cache=cache, use_cache=True)
             times.append(time.perf_counter() - t0)
             cache.crop(-1)  # back to the prompt length
     return statistics.median(times[1:])

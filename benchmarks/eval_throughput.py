@@ -81,7 +81,7 @@ def run_mathrl(model: Any, tokenizer: Any, prompts: list[str], args: argparse.Na
     gen = HFGenerator(model, tokenizer, batch_size=args.batch_size, progress=False)
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=0.0)
     t0 = time.perf_counter()
-    outs = gen.generate(prompts, params, add_special_tokens=False)  # the chat template is already in the text
+    outs = gen.generate(prompts, params)  # the chat template is already in the text
     seconds = time.perf_counter() - t0
     return {
         "seconds": seconds,

@@ -184,13 +184,13 @@ def profile_mathrl(args: argparse.Namespace, data_dir: Path, total_gen_seconds: 
     shared = common_prefix_length(ids)
     params = SamplingParams(max_new_tokens=1, stop=formats.default_stop(proto))
 
-    HFGenerator(model, tok, args.batch_size, progress=False).generate(prompts, params, add_special_tokens=not proto.chat_template)  # warm-up
+    HFGenerator(model, tok, args.batch_size, progress=False).generate(prompts, params)  # warm-up
     gen = HFGenerator(model, tok, args.batch_size, progress=False)
     t0 = time.perf_counter()
-    gen.generate(prompts, params, add_special_tokens=not proto.chat_template)
+    gen.generate(prompts, params)
     with_prefix = time.perf_counter() - t0
     t0 = time.perf_counter()
-    gen.generate(prompts, params, add_special_tokens=not proto.chat_template)
+    gen.generate(prompts, params)
     suffix_only = time.perf_counter() - t0
     prof: dict[str, Any] = {
         "questions": len(prompts),

@@ -240,18 +240,22 @@ def chat(
 ) -> None:
     """Answer a question with a model, showing the completion and the extracted answer."""
     from mathrl import formats, models
-    from mathrl.generation import HFGenerator, SamplingParams
+    from mathrl.decoding import DecodingSettings
+    from mathrl.generation import HFGenerator
+    from mathrl.verdict import grade_completion
 
     proto = formats.Protocol(format=format, chat_template=chat_template)
     fmt = proto.resolved_format()
+    params = DecodingSettings(max_new_tokens=max_new_tokens, temperature=temperature, stop=formats.default_stop(proto))
+    params.validate()
     m, tok, _ = models.load_model(model, dtype)
     gen = HFGenerator(m, tok, batch_size=1, progress=False)
-    params = SamplingParams(max_new_tokens, temperature, stop=formats.default_stop(proto))
     questions = [question] if question else iter(lambda: typer.prompt("question (empty to quit)", default="", show_default=False), "")
     for q in questions:
-        text = gen.generate([formats.build_prompt(q, proto, tok)], params, add_special_tokens=not chat_template)[0][0].text
+        text = gen.generate([formats.build_prompt(q, proto, tok)], params)[0][0].text
         typer.echo(text)
-        typer.secho(f"answer (strict): {fmt.extract_strict(text)}   (flexible): {fmt.extract_flexible(text)}", fg="cyan")
+        verdict = grade_completion(fmt, None, text, None)
+        typer.secho(f"answer (strict): {verdict['pred_strict']}   (flexible): {verdict['pred_flexible']}", fg="cyan")
 
 
 @app.command()

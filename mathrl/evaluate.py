@@ -8,7 +8,6 @@ atomically at the end. The full protocol is stored beside the numbers.
 from __future__ import annotations
 
 import json
-import math
 import platform
 import random
 import time
@@ -22,8 +21,11 @@ from mathrl import formats
 from mathrl.errors import MathrlError
 from mathrl.files import JsonlAppender, atomic_write_csv, atomic_write_json, load_partial_jsonl
 from mathrl.formats import Format, Protocol
-from mathrl.generation import Completion, SamplingParams
+from mathrl.decoding import DecodingSettings
+from mathrl.generation import Completion
+from mathrl.stats import accuracy_interval, wilson_interval  # noqa: F401 - wilson_interval: the earlier home
 from mathrl.tasks import Sample, Task, get_task, subsample
+from mathrl.verdict import grade_completion
 
 
 @dataclass
@@ -51,9 +53,9 @@ class EvalConfig:
     overwrite: bool = False
     progress: bool = True
 
-    def sampling(self) -> SamplingParams:
-        return SamplingParams(self.max_new_tokens, self.temperature, self.top_p, self.num_samples,
-                              formats.default_stop(self.protocol), self.seed)
+    def sampling(self) -> DecodingSettings:
+        return DecodingSettings(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+                                num_samples=self.num_samples, stop=formats.default_stop(self.protocol), seed=self.seed)
 
     def identity(self) -> dict[str, Any]:
         """Settings that change the numbers: a resume must match them exactly."""
@@ -92,54 +94,34 @@ def select_shots(task: Task, protocol: Protocol, fmt: Format) -> list[tuple[str,
     return [(s.question, fmt.render(s.solution, s.answer)) for s in chosen]
 
 
-def grade_completion(fmt: Format, task: Task, completion: str, gold: str) -> dict[str, Any]:
-    strict, flexible = fmt.extract_strict(completion), fmt.extract_flexible(completion)
-    return {
-        "pred_strict": strict,
-        "pred_flexible": flexible,
-        "correct_strict": task.check_answer(strict, gold),
-        "correct_flexible": task.check_answer(flexible, gold),
-        "has_reasoning": fmt.has_reasoning(completion),
-        "has_answer": strict is not None,
-    }
-
-
-def wilson_interval(k: int, n: int, z: float = 1.96) -> list[float]:
-    if n == 0:
-        return [0.0, 0.0]
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)]
-
-
 def summarize(rows: list[dict[str, Any]], num_samples: int) -> dict[str, Any]:
     """Accuracy over all completions; pass@k and maj@k over questions when k > 1."""
     n = len(rows)
     if n == 0:
         return {"n": 0}
     out: dict[str, Any] = {"n": len({r["id"] for r in rows}), "n_completions": n, "num_samples": num_samples}
+    by_question: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_question.setdefault(r["id"], []).append(r)
     for kind in ("strict", "flexible"):
-        k = sum(bool(r[f"correct_{kind}"]) for r in rows)
-        out[f"accuracy_{kind}"] = round(k / n, 4)
-        out[f"ci95_{kind}"] = wilson_interval(k, n)
+        acc, ci, name = accuracy_interval([[r[f"correct_{kind}"] for r in g] for g in by_question.values()])
+        out[f"accuracy_{kind}"] = round(acc, 4)
+        out[f"ci95_{kind}"] = ci
+    out["ci95_method"] = name
     out["thinking_proportion"] = round(sum(r["has_reasoning"] for r in rows) / n, 4)
     out["answer_proportion"] = round(sum(r["has_answer"] for r in rows) / n, 4)
     out["mean_tokens"] = round(sum(r["num_tokens"] for r in rows) / n, 1)
     out["truncated_proportion"] = round(sum(r["finish_reason"] == "length" for r in rows) / n, 4)
     if num_samples > 1:
-        by_q: dict[str, list[dict[str, Any]]] = {}
-        for r in rows:
-            by_q.setdefault(r["id"], []).append(r)
         for kind in ("strict", "flexible"):
-            out[f"pass@{num_samples}_{kind}"] = round(sum(any(r[f"correct_{kind}"] for r in g) for g in by_q.values()) / len(by_q), 4)
+            out[f"pass@{num_samples}_{kind}"] = round(sum(any(r[f"correct_{kind}"] for r in g) for g in by_question.values()) / len(by_question), 4)
             maj = 0
-            for g in by_q.values():
+            for g in by_question.values():
                 votes = Counter(r[f"pred_{kind}"] for r in g if r[f"pred_{kind}"] is not None)
                 if votes:
                     top = votes.most_common(1)[0][0]
                     maj += any(r[f"pred_{kind}"] == top and r[f"correct_{kind}"] for r in g)
-            out[f"maj@{num_samples}_{kind}"] = round(maj / len(by_q), 4)
+            out[f"maj@{num_samples}_{kind}"] = round(maj / len(by_question), 4)
     groups = Counter(r.get("level") for r in rows if r.get("level") is not None)
     if len(groups) > 1:
         out["accuracy_flexible_by_level"] = {
@@ -201,10 +183,10 @@ def run_eval(cfg: EvalConfig, model_bundle: tuple[Any, Any, dict[str, Any]] | No
         else:
             gen = generation.HFGenerator(model, tokenizer, cfg.batch_size, progress=cfg.progress)
         writer = JsonlAppender(out / "results.jsonl")
-        for idx, comps in gen.stream(prompts, params, add_special_tokens=not cfg.protocol.chat_template):
+        for idx, comps in gen.stream(prompts, params):
             new_rows = []
             for i, cs in zip(idx, comps):
-                new_rows += [_row(todo[i], prompts[i], k, c, fmt, task) for k, c in enumerate(cs) if (todo[i].id, k) not in done]
+                new_rows += [_row(todo[i], prompts[i], k, c, fmt, task, params) for k, c in enumerate(cs) if (todo[i].id, k) not in done]
             writer.append(new_rows)
             done_rows += new_rows
         gen_stats = dict(gen.stats)
@@ -226,8 +208,7 @@ def run_eval(cfg: EvalConfig, model_bundle: tuple[Any, Any, dict[str, Any]] | No
         model=model_info,
         task=task.describe() | {"split": cfg.split, "limit": cfg.limit, "sample_seed": cfg.sample_seed},
         protocol=asdict(cfg.protocol) | {"stop": params.stop, "strict_pattern": fmt.strict_pattern, "flexible_pattern": fmt.flexible_pattern},
-        decoding={"max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "top_p": cfg.top_p,
-                  "num_samples": cfg.num_samples, "seed": cfg.seed, "backend": backend, "batch_size": cfg.batch_size},
+        decoding=params.effective() | {"backend": backend, "batch_size": cfg.batch_size},
         versions=library_versions(),
         wall_seconds=round(wall, 2),
     )
@@ -243,10 +224,11 @@ def run_eval(cfg: EvalConfig, model_bundle: tuple[Any, Any, dict[str, Any]] | No
     return summary
 
 
-def _row(sample: Sample, prompt: str, k: int, comp: Completion, fmt: Format, task: Task) -> dict[str, Any]:
+def _row(sample: Sample, prompt: str, k: int, comp: Completion, fmt: Format, task: Task,
+         params: DecodingSettings) -> dict[str, Any]:
     row = {"id": sample.id, "sample_idx": k, "question": sample.question, "gold": sample.answer, "prompt": prompt,
            "completion": comp.text}
-    row.update(grade_completion(fmt, task, comp.text, sample.answer))
+    row.update(grade_completion(fmt, task, comp.text, sample.answer, params.stop))
     row.update(num_tokens=comp.num_tokens, finish_reason=comp.finish_reason)
     if "level" in sample.meta:
         row["level"] = sample.meta["level"]

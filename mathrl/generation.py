@@ -1,43 +1,29 @@
-"""Batched generation backends: HF `generate` (default, CPU or GPU) and vLLM (GPU, optional).
+"""The one sampling engine: every completion in mathrl (evaluation, GRPO's fast path, PPO rollouts,
+`mathrl chat`) is drawn here, from `decoding.DecodingSettings` and `decoding.encode_prompts` ids.
 
-This is the only module that calls a model's `generate`. The HF backend:
-- sorts prompts by length (less padding) and batches them, left-padded, with the KV cache;
-- stops each sequence at EOS or at a stop string, then cuts the text at the stop string;
-- computes the key/value cache of the token prefix that all prompts share (a k-shot block, a
-  system prompt) once, and starts every batch from a copy of it. With 5-shot GSM8K prompts ~90% of
-  prompt tokens are that shared prefix, so this removes most of the prompt work. Batches then hold
-  "prefix | padding | question" with the padding masked out; position ids follow the mask, so the
-  result equals generation from the unpadded prompt (checked in the tests in fp32).
+Two prefill strategies share one decode loop (`generate_in_segments`):
+- `HFGenerator` (eval, chat): prompts sorted by length and batched, left-padded; the token prefix that
+  all prompts share (a k-shot block, a system prompt) is prefilled once and every batch starts from a
+  copy of its KV cache. Batches hold "prefix | padding | question" with the padding masked out.
+- `sample_shared_prompts` (GRPO, PPO): batches that repeat each prompt (a group) prefill every
+  distinct prompt once and gather its cache to the rows that share it.
+Position ids follow the attention mask in both, so results equal generation from unpadded prompts
+(tests check this in fp32). Rows that finished (EOS or a stop string) are dropped between segments.
+The vLLM backend takes the same settings (`DecodingSettings.vllm_params`).
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
+from mathrl import decoding
+from mathrl.decoding import DecodingSettings, cut_at_stop  # noqa: F401 - re-exported for callers
 from mathrl.errors import MathrlError
 
-
-@dataclass
-class SamplingParams:
-    max_new_tokens: int = 512
-    temperature: float = 0.0  # 0: greedy
-    top_p: float = 1.0
-    num_samples: int = 1
-    stop: list[str] = field(default_factory=list)
-    seed: int = 0
-
-    def validate(self) -> None:
-        if self.max_new_tokens < 1:
-            raise MathrlError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
-        if self.num_samples < 1:
-            raise MathrlError(f"--num-samples must be at least 1, got {self.num_samples}")
-        if self.temperature < 0:
-            raise MathrlError(f"--temperature must be >= 0, got {self.temperature}")
-        if self.num_samples > 1 and self.temperature == 0:
-            raise MathrlError("--num-samples > 1 needs --temperature > 0 (greedy decoding gives identical samples)")
+SamplingParams = DecodingSettings  # the earlier name
 
 
 @dataclass
@@ -45,11 +31,7 @@ class Completion:
     text: str
     num_tokens: int
     finish_reason: str  # "stop" (EOS or stop string) | "length"
-
-
-def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
-    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
+    token_ids: list[int] | None = None
 
 
 def common_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
@@ -64,55 +46,111 @@ def common_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
     return n
 
 
-def generate_in_segments(model: Any, ids: Any, mask: Any, cache: Any, budget: int, segment_tokens: int,
-                         eos_ids: Sequence[int], finished: Callable[[list[int]], bool] | None = None,
-                         **generate_kwargs: Any) -> list[list[int]]:
-    """`model.generate` in segments of `segment_tokens`, dropping finished rows between segments; returns
-    each row's new tokens (everything generated, EOS and what follows it included).
+def _stop_checker(tokenizer: Any, stops: Sequence[str]) -> Callable[[list[int]], bool] | None:
+    if not stops:
+        return None
 
-    A batch otherwise decodes every row until its longest row stops: with a few runaway rows most of
-    the work is padding. Kept rows continue from the same KV cache (rows selected with
-    `batch_select_indices`), so greedy results are those of one uninterrupted `generate`. A row is
-    finished when it emitted an EOS id or when `finished(its tokens so far)` says so (stop strings).
-    """
+    def hit(toks: list[int]) -> bool:  # a stop string in the decoded text ends the row
+        return cut_at_stop(tokenizer.decode(toks, skip_special_tokens=True), stops)[1]
+
+    return hit
+
+
+def generate_in_segments(model: Any, ids: Any, mask: Any, cache: Any, settings: DecodingSettings, eos_ids: Sequence[int],
+                         pad_id: int, segment_tokens: int, finished: Callable[[list[int]], bool] | None = None,
+                         position_offset: Any = None) -> list[list[int]]:
+    """Decode `settings.max_new_tokens` tokens in segments of `segment_tokens`, dropping finished rows in
+    between; returns each row's new tokens (everything generated, EOS and what follows it included).
+
+    Kept rows continue from the same KV cache (`batch_select_indices`), so greedy results are those of one
+    uninterrupted `generate`. A row is finished when it emitted an EOS id or when `finished(its tokens)`
+    says so (stop strings). Sampling happens in `decoding.logits_processors`; the model's own
+    generation_config is hidden (`decoding.neutral_model_defaults`)."""
     import torch
 
-    config = generate_kwargs.get("generation_config")
+    from mathrl.models import unwrap_causal_lm
+
+    config = decoding.hf_generation_config(eos_ids, pad_id)
+    processors = decoding.logits_processors(settings)
     eos = set(eos_ids)
     new: list[list[int]] = [[] for _ in range(ids.shape[0])]
     active = list(range(ids.shape[0]))
-    done = 0
-    while active and done < budget:
-        step = min(segment_tokens, budget - done)
-        if config is not None:  # passing max_new_tokens beside a generation_config is deprecated
-            config.max_new_tokens, config.return_dict_in_generate = step, True
-            length = {}
-        else:
-            length = {"max_new_tokens": step, "return_dict_in_generate": True}
-        out = model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache, **length, **generate_kwargs)
-        seqs, cache = out.sequences, out.past_key_values
-        gen = seqs[:, ids.shape[1] :]
-        keep = []
-        for local, row in enumerate(active):
-            toks = gen[local].tolist()
-            new[row] += toks
-            if not (any(t in eos for t in toks) or (finished is not None and finished(new[row]))):
-                keep.append(local)
-        done += gen.shape[1]
-        if not keep or gen.shape[1] < step:
-            break
-        mask = torch.cat([mask, mask.new_ones(mask.shape[0], gen.shape[1])], dim=1)
-        if len(keep) < len(active):
-            idx = torch.tensor(keep, device=seqs.device)
-            seqs, mask = seqs[idx], mask[idx]
-            cache.batch_select_indices(idx)
-        ids = seqs
-        active = [active[k] for k in keep]
+    done, budget = 0, settings.max_new_tokens
+    with decoding.neutral_model_defaults(unwrap_causal_lm(model)):
+        while active and done < budget:
+            step = min(segment_tokens, budget - done)
+            config.max_new_tokens = step
+            out = model.generate(input_ids=ids, attention_mask=mask, cache=cache, generation_config=config,
+                                 logits_processor=processors)
+            seqs, cache = out.sequences, out.cache
+            gen = seqs[:, ids.shape[1]:]
+            keep = []
+            for local, row in enumerate(active):
+                toks = gen[local].tolist()
+                new[row] += toks
+                if not (any(t in eos for t in toks) or (finished is not None and finished(new[row]))):
+                    keep.append(local)
+            done += gen.shape[1]
+            if not keep or gen.shape[1] < step:
+                break
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], gen.shape[1])], dim=1)
+            if len(keep) < len(active):
+                idx = torch.tensor(keep, device=seqs.device)
+                seqs, mask = seqs[idx], mask[idx]
+                cache.batch_select_indices(idx)
+            ids = seqs
+            active = [active[k] for k in keep]
     return new
 
 
+def _new_cache(model: Any) -> Any:
+    """A KV cache built from the model's config, so sliding-window layers get their own cache type."""
+    from transformers import DynamicCache
+
+    from mathrl.models import unwrap_causal_lm
+
+    return DynamicCache(config=unwrap_causal_lm(model).config)
+
+
+def sample_shared_prompts(model: Any, tokenizer: Any, prompt_ids: list[list[int]], settings: DecodingSettings,
+                          segment_tokens: int = 16) -> list[Completion]:
+    """One completion per row for batches whose prompts repeat (GRPO groups, PPO rollouts).
+
+    Every distinct prompt but its last token is prefilled once; the cache is gathered to all rows, and
+    decoding continues in segments. `token_ids` hold the completion up to and including its EOS, or up to
+    the token that completes a stop string; `text` is that completion as evaluation grades it."""
+    import torch
+
+    from mathrl.train.fast_grpo import group_rows
+
+    eos_ids = decoding.eos_token_ids(tokenizer, model)
+    pad = decoding.pad_token_id(tokenizer, eos_ids)
+    device = model.device
+    width = max(len(p) for p in prompt_ids)
+    ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompt_ids], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=device)
+    first, inverse = group_rows(ids, mask)
+    cache = _new_cache(model)
+    if width > 1:
+        # Positions as `generate` counts them (left padding skipped): without them a padded row's prompt
+        # would sit `padding` positions away from the tokens decoded after it, and the samples would come
+        # from a corrupted distribution.
+        prefix_mask = mask[first, :-1]
+        positions = (prefix_mask.cumsum(-1) - 1).clamp(min=0)
+        model(input_ids=ids[first, :-1], attention_mask=prefix_mask, position_ids=positions, cache=cache,
+              use_cache=True)
+        cache.batch_select_indices(inverse)
+    rows = generate_in_segments(model, ids, mask, cache, settings, eos_ids, pad, segment_tokens,
+                                finished=_stop_checker(tokenizer, settings.stop))
+    out = []
+    for r in rows:
+        kept, text, reason = decoding.finish(tokenizer, r, eos_ids, settings.stop)
+        out.append(Completion(text, len(kept), reason, kept))
+    return out
+
+
 class HFGenerator:
-    """Batched `model.generate` with shared-prefix KV reuse, stop strings and a progress bar."""
+    """Batched generation with shared-prefix KV reuse, stop strings and a progress bar."""
 
     name = "hf"
 
@@ -128,25 +166,18 @@ class HFGenerator:
         self._prefix: tuple[tuple[int, ...], Any] | None = None
         self.stats = {"prompt_tokens": 0, "prefix_tokens": 0, "generated_tokens": 0, "seconds": 0.0}
 
-    def _eos_ids(self) -> list[int]:
-        ids = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
-        gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
-        ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
-        return sorted(i for i in ids if i is not None)
-
     def _prefix_cache(self, prefix: list[int]) -> Any:
         import torch
-        from transformers import DynamicCache
 
         key = tuple(prefix)
         if self._prefix is None or self._prefix[0] != key:
-            cache = DynamicCache()
+            cache = _new_cache(self.model)
             with torch.no_grad():
-                self.model(torch.tensor([prefix], device=self.model.device), past_key_values=cache, use_cache=True)
+                self.model(torch.tensor([prefix], device=self.model.device), cache=cache, use_cache=True)
             self._prefix = (key, cache)
         return self._prefix[1]
 
-    def stream(self, prompts: Sequence[str], params: SamplingParams, add_special_tokens: bool = False) -> Iterator[tuple[list[int], list[list[Completion]]]]:
+    def stream(self, prompts: Sequence[str], params: DecodingSettings) -> Iterator[tuple[list[int], list[list[Completion]]]]:
         """Yield (prompt indices, their completions) batch by batch, longest prompts first."""
         import torch
         from tqdm.auto import tqdm
@@ -155,18 +186,15 @@ class HFGenerator:
         if not prompts:
             return
         tok = self.tokenizer
-        ids = tok(list(prompts), add_special_tokens=add_special_tokens)["input_ids"]
+        ids = decoding.encode_prompts(tok, prompts)
         shared = common_prefix_length(ids)
         use_prefix = shared >= self.min_shared_prefix
         prefix = list(ids[0][:shared]) if use_prefix else []
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         per_batch = max(1, self.batch_size // params.num_samples)
-        eos_ids, pad = self._eos_ids(), tok.pad_token_id
+        eos_ids = decoding.eos_token_ids(tok, self.model)
+        pad = decoding.pad_token_id(tok, eos_ids)
         device = self.model.device
-        hit_stop = None
-        if params.stop:
-            def hit_stop(toks: list[int]) -> bool:  # a stop string in the decoded text ends the row
-                return cut_at_stop(tok.decode(toks, skip_special_tokens=True), params.stop)[1]
         bar = tqdm(total=len(prompts), unit="q", desc="generate", disable=not self.progress, dynamic_ncols=True)
         start, generated = time.perf_counter(), 0
         if use_prefix:
@@ -178,32 +206,22 @@ class HFGenerator:
             width = max(len(r) for r in rows)
             input_ids = torch.tensor([prefix + [pad] * (width - len(r)) + r for r in rows], device=device)
             mask = torch.tensor([[1] * len(prefix) + [0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
-            kwargs: dict[str, Any] = dict(
-                input_ids=input_ids, attention_mask=mask, max_new_tokens=params.max_new_tokens,
-                pad_token_id=pad, eos_token_id=eos_ids,
-            )
-            if params.stop:
-                kwargs.update(stop_strings=params.stop, tokenizer=tok)
-            if params.temperature > 0:
+            if params.sampled:
                 torch.manual_seed(params.seed * 1_000_003 + batch[0])
-                kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
-            else:
-                kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            cache = None
             if use_prefix:
                 cache = copy.deepcopy(self._prefix[1])
                 cache.batch_repeat_interleave(len(rows))
-                kwargs["past_key_values"] = cache
             with torch.no_grad():
-                new = generate_in_segments(
-                    self.model, kwargs.pop("input_ids"), kwargs.pop("attention_mask"), kwargs.pop("past_key_values", None),
-                    kwargs.pop("max_new_tokens"), self.segment_tokens, eos_ids, finished=hit_stop, **kwargs)
+                new = generate_in_segments(self.model, input_ids, mask, cache, params, eos_ids, pad, self.segment_tokens,
+                                           finished=_stop_checker(tok, params.stop))
             results: list[list[Completion]] = []
             for j, seq in enumerate(new):
-                n = next((k for k, t in enumerate(seq) if t in eos_ids), len(seq))
-                text, stopped = cut_at_stop(tok.decode(seq[:n], skip_special_tokens=True), params.stop)
+                kept, text, reason = decoding.finish(tok, seq, eos_ids, params.stop)
                 if j % params.num_samples == 0:
                     results.append([])
-                results[-1].append(Completion(text, n, "stop" if stopped or n < len(seq) else "length"))
+                n = len(kept) - (1 if kept and kept[-1] in eos_ids else 0)  # EOS is not a generated answer token
+                results[-1].append(Completion(text, n, reason))
                 generated += n
             self.stats["prompt_tokens"] += sum(len(ids[i]) for i in batch) * params.num_samples
             elapsed = time.perf_counter() - start
@@ -214,16 +232,16 @@ class HFGenerator:
         self.stats["generated_tokens"] += generated
         self.stats["seconds"] += time.perf_counter() - start
 
-    def generate(self, prompts: Sequence[str], params: SamplingParams, add_special_tokens: bool = False) -> list[list[Completion]]:
+    def generate(self, prompts: Sequence[str], params: DecodingSettings) -> list[list[Completion]]:
         out: list[list[Completion]] = [[] for _ in prompts]
-        for idx, comps in self.stream(prompts, params, add_special_tokens):
+        for idx, comps in self.stream(prompts, params):
             for i, c in zip(idx, comps):
                 out[i] = c
         return out
 
 
 class VLLMGenerator:
-    """vLLM offline engine (GPU). Prefix caching is vLLM's own."""
+    """vLLM offline engine (GPU). Prefix caching is vLLM's own; prompts are the same token ids as HF's."""
 
     name = "vllm"
 
@@ -233,19 +251,17 @@ class VLLMGenerator:
 
         self.vllm, self.tokenizer, self.chunk = vllm, tokenizer, chunk
         self.llm = vllm.LLM(model=model_path, tokenizer=model_path, dtype=dtype, seed=seed,
-                            gpu_memory_utilization=gpu_memory_utilization, enable_prefix_caching=True)
+                            gpu_memory_utilization=gpu_memory_utilization, enable_prefix_caching=True,
+                            generation_config="vllm")  # vLLM's neutral defaults, not the model's file
         self.stats = {"prompt_tokens": 0, "prefix_tokens": 0, "generated_tokens": 0, "seconds": 0.0}
 
-    def stream(self, prompts: Sequence[str], params: SamplingParams, add_special_tokens: bool = False) -> Iterator[tuple[list[int], list[list[Completion]]]]:
+    def stream(self, prompts: Sequence[str], params: DecodingSettings) -> Iterator[tuple[list[int], list[list[Completion]]]]:
         params.validate()
-        sp = self.vllm.SamplingParams(
-            n=params.num_samples, temperature=params.temperature, top_p=params.top_p,
-            max_tokens=params.max_new_tokens, stop=params.stop or None, seed=params.seed,
-        )
+        sp = params.vllm_params(self.vllm)
         for b in range(0, len(prompts), self.chunk):
             idx = list(range(b, min(b + self.chunk, len(prompts))))
             start = time.perf_counter()
-            inputs = [{"prompt_token_ids": self.tokenizer(prompts[i], add_special_tokens=add_special_tokens)["input_ids"]} for i in idx]
+            inputs = [{"prompt_token_ids": ids} for ids in decoding.encode_prompts(self.tokenizer, [prompts[i] for i in idx])]
             outs = self.llm.generate(inputs, sp, use_tqdm=True)
             comps = [[Completion(o.text, len(o.token_ids), "length" if o.finish_reason == "length" else "stop") for o in r.outputs] for r in outs]
             self.stats["generated_tokens"] += sum(c.num_tokens for cs in comps for c in cs)

@@ -221,8 +221,6 @@ def set_attention(model: Any, half_compute: bool) -> str:
     return model.config._attn_implementation
 
 
-set_cpu_attention = set_attention  # the earlier name
-
 
 def load_model(
     name: str,
@@ -276,3 +274,12 @@ def load_model(
         "attention": attention,
     }
     return model, tokenizer, info
+
+
+def unwrap_causal_lm(model: Any) -> Any:
+    """The transformers model under DDP / accelerate / PEFT wrappers (LoRA layers stay in place inside it)."""
+    while hasattr(model, "module"):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model

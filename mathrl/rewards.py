@@ -50,7 +50,9 @@ from typing import Any, Callable
 
 from mathrl import grading
 from mathrl.errors import MathrlError
+from mathrl.decoding import cut_at_stop
 from mathrl.formats import Format, get_format
+from mathrl.verdict import bounded, grade_completion
 
 RewardFn = Callable[..., list]
 DEFAULT_LENGTH_LIMIT = 1000  # characters: tokenizer-free, so the same number for every model
@@ -102,31 +104,19 @@ def _shape(fmt: Format) -> tuple[re.Pattern | None, tuple[str, ...], str] | None
     return splitter, head, "".join(canonical[m.end() :].split())
 
 
-def _cut(fmt: Format, text: str) -> str:
-    """Drop the text after the last closing marker when every strict match must end with that marker.
-
-    Matches are unchanged, but `<SOLUTION>(.*?)</SOLUTION>` over thousands of unclosed `<SOLUTION>`
-    otherwise scans to the end from each one: seconds on 100k characters instead of milliseconds."""
-    last = fmt.markers[-1] if fmt.markers else None
-    if last and fmt.strict_pattern.endswith(re.escape(last)) and "|" not in fmt.strict_pattern:
-        end = text.rfind(last)
-        return text[: end + len(last)] if end >= 0 else ""
-    return text
-
-
 def _strict(fmt: Format, text: str) -> str | None:
-    return fmt.extract_strict(_cut(fmt, text))
+    return fmt.extract_strict(bounded(fmt, text))
 
 
 # -- per-completion scores: (format, completion text, gold or None) -> float -------------------------
 
 
-def _correctness(fmt: Format, text: str, gold: str | None) -> float:
-    return float(grading.answers_match(_strict(fmt, text), gold))
+def _correctness(fmt: Format, text: str, gold: str | None, task: Any = None) -> float:
+    return float(grade_completion(fmt, task, text, gold)["correct_strict"])
 
 
-def _correctness_flexible(fmt: Format, text: str, gold: str | None) -> float:
-    return float(grading.answers_match(fmt.extract_flexible(text), gold))
+def _correctness_flexible(fmt: Format, text: str, gold: str | None, task: Any = None) -> float:
+    return float(grade_completion(fmt, task, text, gold)["correct_flexible"])
 
 
 def _format_strict(fmt: Format, text: str, gold: str | None = None) -> float:
@@ -134,7 +124,7 @@ def _format_strict(fmt: Format, text: str, gold: str | None = None) -> float:
         return 0.0
     shape = _shape(fmt)
     strict = re.compile(fmt.strict_pattern)
-    matches = list(itertools.islice(strict.finditer(_cut(fmt, text)), 2))
+    matches = list(itertools.islice(strict.finditer(bounded(fmt, text)), 2))
     if len(matches) != 1:
         return 0.0
     m = matches[0]
@@ -187,16 +177,28 @@ def _length(limit: int, fmt: Format | None, text: str, gold: str | None = None) 
 
 
 class Reward:
-    """A score bound to a format, called as TRL calls reward functions; picklable (no closures)."""
+    """A score bound to a format, called as TRL calls reward functions; picklable (no closures).
 
-    def __init__(self, name: str, score: Callable[..., float], fmt: Format | None, needs_answer: bool):
+    Completions are first cut at `stops` (the protocol's stop strings), so a reward reads exactly the
+    text evaluation grades; correctness rewards ask `task.check_answer` (None: the default checker)."""
+
+    def __init__(self, name: str, score: Callable[..., float], fmt: Format | None, needs_answer: bool,
+                 task: Any = None, stops: tuple[str, ...] = ()):
         self.__name__ = name  # TRL logs rewards under __name__
         self.score, self.fmt, self.needs_answer = score, fmt, needs_answer
+        self.task, self.stops = task, tuple(stops)
+
+    def bind(self, task: Any, stops: tuple[str, ...]) -> "Reward":
+        bound = copy.copy(self)
+        bound.task, bound.stops = task, tuple(stops)
+        return bound
 
     def __call__(self, completions: Any, **kwargs: Any) -> list[float]:
         items = [completions] if isinstance(completions, str) else list(completions or [])
-        texts = [_text(c) for c in items]
+        texts = [cut_at_stop(_text(c), self.stops)[0] for c in items]
         golds = _golds(kwargs, len(texts), self.__name__) if self.needs_answer else [None] * len(texts)
+        if self.score in (_correctness, _correctness_flexible):
+            return [float(self.score(self.fmt, text, gold, self.task)) for text, gold in zip(texts, golds)]
         return [float(self.score(self.fmt, text, gold)) for text, gold in zip(texts, golds)]
 
 
@@ -341,12 +343,18 @@ def parse_reward_spec(spec: str) -> list[tuple[str, float]]:
     return out
 
 
-def build_rewards(spec: str, format_name: str | Format) -> tuple[list[RewardFn], list[float]]:
-    """reward_funcs and reward_weights for TRL from a spec string; names made distinct for its logs."""
+def build_rewards(spec: str, format_name: str | Format, task: Any = None,
+                  stops: tuple[str, ...] | list[str] = ()) -> tuple[list[RewardFn], list[float]]:
+    """reward_funcs and reward_weights for TRL from a spec string; names made distinct for its logs.
+
+    Built-in rewards are bound to `task` (its answer checker) and the protocol's `stops`, so they grade
+    the text evaluation grades; user functions receive the completions as they are."""
     funcs: list[RewardFn] = []
     weights: list[float] = []
     for name, weight in parse_reward_spec(spec):
         fn = get_reward(name, format_name)
+        if isinstance(fn, Reward):
+            fn = fn.bind(task, tuple(stops))
         label = base = getattr(fn, "__name__", type(fn).__name__)
         for i in itertools.count(2):  # "correctness,correctness:0.5" logs correctness and correctness_2
             if label not in {f.__name__ for f in funcs}:

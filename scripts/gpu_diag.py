@@ -40,12 +40,12 @@ prompts = [formats.build_prompt(s.question, proto, tok) for s in get_task("gsm8k
 enc = tok(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False).to(DEV)
 with torch.no_grad():
     out = model(**enc, use_cache=True)
-    cache, nxt, mask = out.past_key_values, out.logits[:, -1:].argmax(-1), enc.attention_mask
+    cache, nxt, mask = out.cache, out.logits[:, -1:].argmax(-1), enc.attention_mask
 
     def step():
         global nxt, mask
         mask = torch.cat([mask, torch.ones_like(nxt)], 1)
-        o = model(input_ids=nxt, attention_mask=mask, past_key_values=cache, use_cache=True)
+        o = model(input_ids=nxt, attention_mask=mask, cache=cache, use_cache=True)
         nxt = o.logits[:, -1:].argmax(-1)
 
     timed(step, 3)

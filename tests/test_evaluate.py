@@ -36,9 +36,9 @@ def spy_generation(monkeypatch):
     calls: dict[str, list] = {"prompts": [], "loads": []}
     real_stream, real_load = generation.HFGenerator.stream, models.load_model
 
-    def stream(self, prompts, params, add_special_tokens=False):
+    def stream(self, prompts, params):
         calls["prompts"].append(list(prompts))
-        yield from real_stream(self, prompts, params, add_special_tokens)
+        yield from real_stream(self, prompts, params)
 
     def load_model(*args, **kwargs):
         calls["loads"].append(args[0] if args else kwargs.get("name"))
@@ -106,8 +106,10 @@ def test_summary_fields(first_run, tiny_model_dir):
     assert saved["model"]["revision"] == models.model_revision(str(tiny_model_dir), "local")
     assert saved["model"]["revision"] and saved["model"]["dtype"] == "float32"
     assert {"python", "torch", "transformers", "mathrl"} <= set(saved["versions"])
-    assert saved["decoding"] == {"max_new_tokens": 8, "temperature": 0.0, "top_p": 1.0, "num_samples": 1, "seed": 0,
-                                 "backend": "hf", "batch_size": 4}
+    expected = {"max_new_tokens": 8, "temperature": 0.0, "top_p": 1.0, "num_samples": 1, "seed": 0,
+                "backend": "hf", "batch_size": 4, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0, "stop": [],
+                "sampler": "greedy", "no_repeat_ngram_size": 0, "model_generation_config": "ignored"}
+    assert saved["decoding"] == expected  # the effective settings, neutral values included
     assert saved["task"]["name"] == "arithmetic" and saved["task"]["limit"] == 6
     assert saved["generation"]["generated_tokens"] == sum(r["num_tokens"] for r in rows)
     config = json.loads((out / "run_config.json").read_text())
@@ -252,7 +254,15 @@ def test_summarize_pass_and_maj():
     assert out["thinking_proportion"] == round(5 / 15, 4)
     assert out["truncated_proportion"] == 0.2
     assert out["mean_tokens"] == 10.0
-    assert out["ci95_strict"] == wilson_interval(6, 15)
+    # the interval is over the 5 questions (their samples are correlated), not over 15 independent verdicts
+    import numpy as np
+
+    per_q = [np.mean([r["correct_strict"] for r in rows if r["id"] == q]) for q in spec]
+    half = 1.96 * np.std(per_q, ddof=1) / np.sqrt(len(per_q))
+    assert out["ci95_strict"] == [round(max(0.0, 0.4 - half), 4), round(min(1.0, 0.4 + half), 4)]
+    assert out["ci95_method"] == "question_cluster_normal"
+    naive = wilson_interval(6, 15)
+    assert out["ci95_strict"][1] - out["ci95_strict"][0] > naive[1] - naive[0]
     assert "accuracy_flexible_by_level" not in out
 
 

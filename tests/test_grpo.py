@@ -11,7 +11,9 @@ from trl import GRPOTrainer
 from mathrl import config as cfgmod
 from mathrl.errors import MathrlError
 from mathrl.rewards import REWARDS, register_reward
-from mathrl.train.fast_grpo import FastGRPOTrainer, generate_shared_prompts, group_rows
+from mathrl.decoding import DecodingSettings
+from mathrl.generation import sample_shared_prompts
+from mathrl.train.fast_grpo import FastGRPOTrainer, group_rows
 from mathrl.train.grpo import GRPORunConfig, build_trainer, check_markers, hacking_alarm, run_grpo
 
 if "distinct_chars" not in REWARDS:
@@ -97,13 +99,10 @@ def test_fast_logps_loss_and_gradients_match_stock_trl(tiny_model_dir, tmp_path,
 
 def test_shared_prompt_generation_matches_plain_greedy_generate(tiny_bundle):
     model, tok, _ = tiny_bundle
-    from transformers import GenerationConfig
-
     prompts = [tok("What is 2 + 3?")["input_ids"], tok("Add 10 and 4, then double it.")["input_ids"]]
     rows = [prompts[0]] * 3 + [prompts[1]] * 2
-    cfg = GenerationConfig(max_new_tokens=9, do_sample=False)
     eos = [tok.eos_token_id]
-    got = generate_shared_prompts(model, rows, cfg, tok.pad_token_id, eos, segment_tokens=2)
+    got = [c.token_ids for c in sample_shared_prompts(model, tok, rows, DecodingSettings(max_new_tokens=9), segment_tokens=2)]
     for row, out in zip(rows, got):
         ref = model.generate(torch.tensor([row]), max_new_tokens=9, do_sample=False, pad_token_id=tok.pad_token_id,
                              eos_token_id=eos)[0, len(row):].tolist()
@@ -185,20 +184,12 @@ def test_reward_hacking_alarm():
     assert hacking_alarm(_rows(rising[:5], [0.0] * 5), window=10) is None  # not enough history
 
 
-def test_inverse_cdf_sampler_draws_from_the_softmax_and_is_used_for_trl_configs(tiny_model_dir, tmp_path):
-    from mathrl.train.fast_grpo import InverseCDFSampler, sampling_processors
-
-    torch.manual_seed(0)
-    scores = torch.log(torch.tensor([[0.6, 0.3, 0.1, 0.0]])).repeat(40_000, 1)
-    draws = InverseCDFSampler()(None, scores).argmax(-1)
-    freq = torch.bincount(draws, minlength=4).float() / len(draws)
-    torch.testing.assert_close(freq, torch.tensor([0.6, 0.3, 0.1, 0.0]), atol=0.01, rtol=0)
+def test_fast_trainer_samples_with_the_run_settings(tiny_model_dir, tmp_path):
     trainer, _, _ = build_trainer(make_cfg(tiny_model_dir, tmp_path, temperature=0.7, top_p=0.9))
-    procs = sampling_processors(trainer.generation_config)
-    assert procs is not None and isinstance(procs[-1], InverseCDFSampler) and len(procs) == 3
-    from transformers import GenerationConfig
-
-    assert sampling_processors(GenerationConfig(do_sample=True, repetition_penalty=1.3)) is None  # HF's own path
+    assert isinstance(trainer, FastGRPOTrainer)
+    d = trainer.decoding
+    assert (d.temperature, d.top_p, d.top_k, d.repetition_penalty, d.max_new_tokens) == (0.7, 0.9, 0, 1.0, 8)
+    assert trainer.temperature == 0.7  # TRL scores log-probs at the temperature the samples were drawn with
 
 
 def test_cli_grpo_trains_and_reports(tiny_model_dir, tmp_path):
@@ -228,7 +219,7 @@ def test_shared_prompt_sampling_draws_from_the_model_for_left_padded_rows(tiny_b
     """Samples must come from the distribution the trainer scores them with. A position-sensitive model
     (large random weights) shows it: the first sampled token of a left-padded row is drawn from
     softmax(logits of the plain forward), checked with the exact log-likelihood of many draws."""
-    from transformers import GenerationConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     _, tok, _ = tiny_bundle
     torch.manual_seed(0)
@@ -236,9 +227,9 @@ def test_shared_prompt_sampling_draws_from_the_model_for_left_padded_rows(tiny_b
     model = LlamaForCausalLM(config).eval()
     short, long = tok("What is 2 + 3?")["input_ids"], tok("Ava has 5 apples and buys 3 packs with 4 apples each.")["input_ids"]
     rows = [short] * 200 + [long] * 2
-    cfg = GenerationConfig(max_new_tokens=1, do_sample=True, temperature=1.0, top_k=0)
+    settings = DecodingSettings(max_new_tokens=1, temperature=1.0)
     with torch.no_grad():
-        got = generate_shared_prompts(model, rows, cfg, tok.pad_token_id, [tok.eos_token_id], segment_tokens=1)
+        got = [c.token_ids for c in sample_shared_prompts(model, tok, rows, settings, segment_tokens=1)]
         probs = torch.softmax(model(torch.tensor([short])).logits[0, -1].float(), -1)
     counts = torch.bincount(torch.tensor([g[0] for g in got[:200]]), minlength=probs.numel()).float()
     top = int(probs.argmax())

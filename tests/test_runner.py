@@ -125,9 +125,9 @@ def test_crash_mid_eval_resumes_without_redoing_finished_work(tiny_model_dir, tm
     prompts_seen: list[int] = []
     crash = [True]
 
-    def crashing_stream(self, prompts, params, add_special_tokens=False):
+    def crashing_stream(self, prompts, params):
         prompts_seen.append(len(prompts))
-        for i, batch in enumerate(real_stream(self, prompts, params, add_special_tokens)):
+        for i, batch in enumerate(real_stream(self, prompts, params)):
             yield batch
             if crash[0] and i == 0:
                 crash[0] = False

@@ -35,6 +35,17 @@ class PromptSettings:
                                 chat_template_kwargs=dict(self.chat_template_kwargs), system_prompt=self.system_prompt)
 
 
+def rl_decoding(cfg: Any, protocol: Any = None) -> Any:
+    """How GRPO and PPO sample completions: the evaluation engine's settings at the run's temperature and
+    top_p, with the protocol's stop strings, so training generation ends where evaluation's does."""
+    from mathrl import formats
+    from mathrl.decoding import DecodingSettings
+
+    protocol = protocol or cfg.protocol()
+    return DecodingSettings(max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature, top_p=cfg.top_p,
+                            stop=formats.default_stop(protocol), seed=cfg.seed)
+
+
 def make_log_callback(output_dir: str | Path, plot_keys: tuple[str, ...] = ("loss",)) -> Any:
     """A transformers TrainerCallback writing one JSON line per logged step, plus PNG curves at the end."""
     from transformers import TrainerCallback
@@ -150,14 +161,10 @@ def pick_optimizer(requested: str) -> str:
     return "adamw_8bit" if cuda_available() and importlib.util.find_spec("bitsandbytes") else "adamw_torch"
 
 
-def lora_config(r: int, alpha: int, dropout: float, targets: list[str] | str, new_token_ids: list[int] | None = None) -> Any:
+def lora_config(r: int, alpha: int, dropout: float, targets: list[str] | str) -> Any:
     from peft import LoraConfig
 
-    kwargs: dict[str, Any] = {}
-    if new_token_ids:
-        # New format tokens need trainable embedding rows; only those rows train, not the whole matrix.
-        kwargs["trainable_token_indices"] = {"embed_tokens": new_token_ids}
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM", **kwargs)
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM")
 
 
 def require_qlora() -> None:

@@ -72,6 +72,11 @@ class GRPORunConfig(PromptSettings):
     resume: bool = False
     output_dir: str = "runs/grpo"
 
+    def decoding(self, protocol: Any = None) -> Any:
+        from mathrl.train.common import rl_decoding
+
+        return rl_decoding(self, protocol)
+
     def completions_per_step(self) -> int:
         return self.batch_size or self.prompts_per_step * self.num_generations
 
@@ -93,6 +98,7 @@ class GRPORunConfig(PromptSettings):
             (self.vllm_mode in ("colocate", "server"), f"vllm_mode must be colocate or server, got {self.vllm_mode!r}"),
             (self.scale_rewards in ("group", "batch", "none"), f"scale_rewards must be group, batch or none, got {self.scale_rewards!r}"),
             (self.max_steps >= 1, f"max_steps must be at least 1, got {self.max_steps}"),
+            (0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -185,17 +191,22 @@ def build_trainer(cfg: GRPORunConfig) -> tuple[Any, list[Sample], dict[str, Any]
     from mathrl import models
     from mathrl.rewards import build_rewards
     from mathrl.train import common
-    from mathrl.train.fast_grpo import FastGRPOTrainer
+    from mathrl.decoding import text_for_tokenizer
+    from mathrl.distributed import is_main_process
+    from mathrl.train.fast_grpo import FastGRPOTrainer, fast_path_supported
 
     cfg.validate()
     vllm = _use_vllm(cfg)  # before loading anything: a missing vLLM is a one-line error
     samples = training_prompts(cfg)
-    reward_funcs, weights = build_rewards(cfg.rewards, cfg.format)
-    model, tokenizer, info = models.load_model(cfg.model, "fp32" if cfg.dtype == "auto" else cfg.dtype)
     protocol = cfg.protocol()
+    decoding = cfg.decoding(protocol)
+    task = get_task(cfg.task, cfg.task_config, data_dir=cfg.data_dir, **cfg.task_args)
+    reward_funcs, weights = build_rewards(cfg.rewards, cfg.format, task, decoding.stop)
+    model, tokenizer, info = models.load_model(cfg.model, "fp32" if cfg.dtype == "auto" else cfg.dtype)
     check_markers(tokenizer, protocol.resolved_format().markers)
-    dataset = Dataset.from_list([{"prompt": formats.build_prompt(s.question, protocol, tokenizer), "answer": s.answer}
-                                 for s in samples])
+    # TRL tokenizes string prompts with special tokens on: hand it text that gives evaluation's ids
+    dataset = Dataset.from_list([{"prompt": text_for_tokenizer(tokenizer, formats.build_prompt(s.question, protocol, tokenizer)),
+                                  "answer": s.answer} for s in samples])
     on_cuda = common.cuda_available()
     args = GRPOConfig(
         output_dir=cfg.output_dir, max_steps=cfg.max_steps, per_device_train_batch_size=cfg.completions_per_step(),
@@ -204,7 +215,7 @@ def build_trainer(cfg: GRPORunConfig) -> tuple[Any, list[Sample], dict[str, Any]
         beta=cfg.beta, loss_type=cfg.loss_type, epsilon=cfg.epsilon, num_iterations=cfg.num_iterations,
         scale_rewards=cfg.scale_rewards, mask_truncated_completions=cfg.mask_truncated_completions,
         reward_weights=weights, learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=cfg.warmup_ratio, max_grad_norm=cfg.max_grad_norm, weight_decay=cfg.weight_decay,
+        warmup_steps=cfg.warmup_ratio,  # transformers 5 reads a value below 1 as a fraction of the steps max_grad_norm=cfg.max_grad_norm, weight_decay=cfg.weight_decay,
         activation_checkpointing=on_cuda if cfg.gradient_checkpointing is None else cfg.gradient_checkpointing,
         optim=common.pick_optimizer(cfg.optim),
         bf16=cfg.dtype in ("auto", "bf16") and (on_cuda or models.cpu_has_fast_bf16()),
@@ -224,8 +235,12 @@ def build_trainer(cfg: GRPORunConfig) -> tuple[Any, list[Sample], dict[str, Any]
         callbacks.append(common.make_time_budget_callback(cfg.max_minutes))
     kwargs = dict(model=model, args=args, train_dataset=dataset, reward_funcs=reward_funcs, processing_class=tokenizer,
                   peft_config=peft_config, callbacks=callbacks)
-    if cfg.fast and not vllm:
-        trainer = FastGRPOTrainer(segment_tokens=cfg.segment_tokens, **kwargs)
+    unsupported = fast_path_supported() if cfg.fast and not vllm else None
+    if unsupported and is_main_process():
+        print(f"warning: {unsupported}; running stock GRPOTrainer (slower; generation there does not stop at "
+              f"stop strings, rewards still grade the text cut at them)", flush=True)
+    if cfg.fast and not vllm and not unsupported:
+        trainer = FastGRPOTrainer(decoding=decoding, segment_tokens=cfg.segment_tokens, **kwargs)
     else:
         trainer = GRPOTrainer(**kwargs)
     return trainer, samples, info
@@ -254,6 +269,9 @@ def run_grpo(cfg: GRPORunConfig) -> dict[str, Any]:
         "seconds_per_step": round(train_seconds / max(1, trainer.state.global_step), 2) if not checkpoint else None,
         "reward_first": steps[0]["reward"] if steps else None, "reward_last": steps[-1]["reward"] if steps else None,
         "alarms": [r["alarm"] for r in steps if "alarm" in r], "fast_path": type(trainer).__name__ == "FastGRPOTrainer",
+        "decoding": cfg.decoding().effective() if type(trainer).__name__ == "FastGRPOTrainer" else
+        {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_completion_length,
+         "sampler": "trl", "stop": []},
         "resumed_from": checkpoint, "versions": library_versions(),
     }
     common.finish_run(trainer, out, cfg.model, cfg.merge, record)

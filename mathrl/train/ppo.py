@@ -35,6 +35,7 @@ from torch import nn
 
 from mathrl import formats
 from mathrl.errors import MathrlError
+from mathrl.tasks import get_task
 from mathrl.train.common import PromptSettings
 from mathrl.files import JsonlAppender, atomic_write_json, atomic_write_text
 from mathrl.train import ppo_core
@@ -230,7 +231,7 @@ def run_ppo(cfg: PPORunConfig) -> dict[str, Any]:
     """Train; save model + tokenizer + value head + log + curves into cfg.output_dir; return the run record."""
     from accelerate import Accelerator
     from tqdm.auto import tqdm
-    from transformers import GenerationConfig, get_scheduler
+    from transformers import get_scheduler
 
     from mathrl import models
     from mathrl.evaluate import library_versions
@@ -243,15 +244,17 @@ def run_ppo(cfg: PPORunConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     checkpoint = common.checkpoint_to_resume(out, cfg.resume)
     samples = training_prompts(cfg)  # type: ignore[arg-type] - the fields it reads are shared with GRPO
-    reward_funcs, weights = build_rewards(cfg.rewards, cfg.format)
+    protocol = cfg.protocol()
+    settings = common.rl_decoding(cfg, protocol)
+    task = get_task(cfg.task, cfg.task_config, data_dir=cfg.data_dir, **cfg.task_args)
+    reward_funcs, weights = build_rewards(cfg.rewards, cfg.format, task, settings.stop)
     on_cuda = common.cuda_available()
     accelerator = Accelerator(cpu=not on_cuda)
     bf16 = cfg.dtype == "auto" and (on_cuda or models.cpu_has_fast_bf16())
     model, tokenizer, info = models.load_model(cfg.model, "fp32" if cfg.dtype == "auto" else cfg.dtype,
                                                device=str(accelerator.device))
-    protocol = cfg.protocol()
     check_markers(tokenizer, protocol.resolved_format().markers)
-    models.set_cpu_attention(model, bf16)
+    models.set_attention(model, bf16)
     ref = _reference(model, cfg)
     if cfg.method == "lora":
         from peft import get_peft_model
@@ -274,8 +277,6 @@ def run_ppo(cfg: PPORunConfig) -> dict[str, Any]:
     def autocast() -> Any:
         return torch.autocast(accelerator.device.type, dtype=torch.bfloat16) if dtype else nullcontext()
 
-    gen_config = GenerationConfig(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
-                                  max_new_tokens=cfg.max_completion_length)
     prompts = [formats.build_prompt(s.question, protocol, tokenizer) for s in samples]
     main = accelerator.is_main_process
     log_path = out / "train_log.jsonl"
@@ -294,7 +295,7 @@ def run_ppo(cfg: PPORunConfig) -> dict[str, Any]:
                              accelerator.num_processes, cfg.seed)
         batch, rollout_stats, texts = collect_rollouts(
             unwrapped, ref, tokenizer, [prompts[i] for i in idx], [samples[i].answer for i in idx], cfg,
-            gen_config, reward_funcs, weights, autocast, protocol.chat_template)
+            settings, reward_funcs, weights, autocast)
         agent.train()
         stats = optimize(agent, accelerator, optimizer, scheduler, batch, cfg, autocast)
         step += 1
@@ -330,7 +331,7 @@ def run_ppo(cfg: PPORunConfig) -> dict[str, Any]:
         "seconds_per_step": round(train_seconds / max(1, step - start_step), 2),
         "reward_first": rows[0]["reward"] if rows else None, "reward_last": rows[-1]["reward"] if rows else None,
         "alarms": [r["alarm"] for r in rows if "alarm" in r], "resumed_from": checkpoint,
-        "world_size": accelerator.num_processes, "versions": library_versions(),
+        "world_size": accelerator.num_processes, "decoding": settings.effective(), "versions": library_versions(),
     }
     if main:
         from safetensors.torch import save_file

@@ -61,16 +61,18 @@ def policy_token_stats(policy: Any, input_ids: torch.Tensor, attention_mask: tor
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(log-probs, entropies, values or None) at the completion positions; only those positions go
     through the LM head (the shared-prompt pass of `FastGRPOTrainer`)."""
-    from mathrl.train.fast_grpo import _causal_lm, shared_prefix_hidden, token_logps
+    from mathrl.models import unwrap_causal_lm
+    from mathrl.train.fast_grpo import shared_prefix_hidden, token_logps
 
     n = completion_mask.size(1)
     hidden = shared_prefix_hidden(policy, input_ids, attention_mask, n)
     mask = completion_mask.bool()
-    logps, ents = token_logps(_causal_lm(policy).lm_head, hidden, input_ids[:, -n:], mask, temperature,
+    logps, ents = token_logps(unwrap_causal_lm(policy).get_output_embeddings(), hidden, input_ids[:, -n:], mask, temperature,
                               entropy=True, entropy_grad=entropy_grad)
     values = None
     if value_head is not None:
-        values = value_head(hidden).squeeze(-1).float() * completion_mask
+        # the head stays fp32 when the policy runs in bf16: its input is cast, not its weights
+        values = value_head(hidden.to(value_head.weight.dtype)).squeeze(-1).float() * completion_mask
     return logps, ents, values
 
 
@@ -84,38 +86,35 @@ def _pad(prompt_ids: list[list[int]], completions: list[list[int]], pad_id: int)
     return torch.tensor(ids), torch.tensor(attn), torch.tensor(cmask)
 
 
-def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
-    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids = [ids] if isinstance(ids, int) else list(ids or [])
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
-    return ids
-
-
 def _in_chunks(fn: Callable[[slice], tuple], n: int, chunk: int) -> list[torch.Tensor]:
     parts = [fn(slice(s, s + chunk)) for s in range(0, n, chunk)]
     return [torch.cat(cols) if cols[0] is not None else None for cols in zip(*parts)]
 
 
 def collect_rollouts(agent: Any, ref: Any, tokenizer: Any, prompts: list[str], golds: list[str], cfg: Any,
-                     gen_config: Any, reward_funcs: list[Callable], weights: list[float], autocast: Callable,
-                     chat_template: bool) -> tuple[Rollout, dict[str, float], tuple[list, list, list]]:
-    """(rollout batch, its statistics for the log, (prompts, completions, scores) per rollout)."""
-    from mathrl.train.fast_grpo import generate_shared_prompts
+                     settings: Any, reward_funcs: list[Callable], weights: list[float], autocast: Callable
+                     ) -> tuple[Rollout, dict[str, float], tuple[list, list, list]]:
+    """(rollout batch, its statistics for the log, (prompts, completions, scores) per rollout).
+
+    Completions come from the evaluation engine (`generation.sample_shared_prompts` with `settings`),
+    on evaluation's prompt ids, and end where evaluation's do (EOS or a stop string)."""
+    from mathrl import decoding
+    from mathrl.generation import sample_shared_prompts
 
     policy, device = agent.policy, agent.value_head.weight.device
     reps = cfg.rollouts_per_prompt
     prompts = [p for p in prompts for _ in range(reps)]
     golds = [g for g in golds for _ in range(reps)]
-    prompt_ids = [tokenizer(p, add_special_tokens=not chat_template)["input_ids"] for p in prompts]
-    eos = _eos_ids(policy, tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    prompt_ids = decoding.encode_prompts(tokenizer, prompts)
+    eos = decoding.eos_token_ids(tokenizer, policy)
+    pad_id = decoding.pad_token_id(tokenizer, eos)
     agent.eval()
     t0 = time.perf_counter()
     with torch.no_grad(), autocast():
-        completions = generate_shared_prompts(policy, prompt_ids, gen_config, pad_id, eos, cfg.segment_tokens)
+        drawn = sample_shared_prompts(policy, tokenizer, prompt_ids, settings, cfg.segment_tokens)
     generate_time = time.perf_counter() - t0
-    texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
+    completions = [c.token_ids for c in drawn]
+    texts = [c.text for c in drawn]
     per_reward = torch.tensor([f(prompts=prompts, completions=texts, answer=golds) for f in reward_funcs],
                               dtype=torch.float32)
     scores = (torch.tensor(weights, dtype=torch.float32)[:, None] * per_reward).sum(0)
@@ -152,7 +151,7 @@ def collect_rollouts(agent: Any, ref: Any, tokenizer: Any, prompts: list[str], g
         "value_mean": float(ppo_core.masked_mean(old_values, mask)),
         "explained_variance": explained,  # nan when the returns do not vary: dropped from the log
         "completion_length": float(lengths.float().mean()),
-        "completions/clipped_ratio": float(sum(1 for c in completions if c[-1] not in eos) / len(completions)),
+        "completions/clipped_ratio": float(sum(1 for c in drawn if c.finish_reason == "length") / len(drawn)),
         "generate_time": generate_time,
     })
     batch = Rollout(input_ids, attention_mask, mask, old_logps, old_values, advantages, returns)

@@ -64,6 +64,7 @@ class SFTRunConfig(PromptSettings):
             (self.num_samples is None or self.num_samples >= 1, f"num_samples must be positive, got {self.num_samples}"),
             (self.learning_rate > 0, f"learning_rate must be positive, got {self.learning_rate}"),
             (self.dtype in ("auto", "bf16", "fp32", "fp16"), f"dtype must be auto, bf16, fp16 or fp32, got {self.dtype!r}"),
+            (0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -94,6 +95,21 @@ def build_examples(samples: list[Sample], protocol: formats.Protocol, tokenizer:
     lead = "" if protocol.chat_template else " "  # raw prompts end with "Answer:"
     return [{"prompt": formats.build_prompt(s.question, protocol, tokenizer),
              "completion": lead + fmt.render(s.solution, s.answer)} for s in samples]
+
+
+def tokenize_examples(examples: list[dict[str, str]], tokenizer: Any) -> list[dict[str, list[int]]]:
+    """input_ids = evaluation's prompt ids (`decoding.encode_prompts`, one special-tokens rule) + the
+    completion's ids + EOS; completion_mask marks the completion. Tokenized here rather than by TRL, whose
+    prompt tokenization differs from evaluation's for tokenizers that add BOS."""
+    from mathrl.decoding import encode_prompts
+
+    prompts = encode_prompts(tokenizer, [e["prompt"] for e in examples])
+    completions = tokenizer([e["completion"] for e in examples], add_special_tokens=False)["input_ids"]
+    out = []
+    for p, c in zip(prompts, completions):
+        c = list(c) + [tokenizer.eos_token_id]
+        out.append({"input_ids": p + c, "completion_mask": [0] * len(p) + [1] * len(c)})
+    return out
 
 
 def _load(cfg: SFTRunConfig) -> tuple[Any, Any, dict[str, Any]]:
@@ -130,14 +146,20 @@ def build_trainer(cfg: SFTRunConfig) -> tuple[Any, list[Sample], dict[str, Any],
     out = Path(cfg.output_dir)
     samples = training_samples(cfg)
     model, tokenizer, info = _load(cfg)
-    new_tokens = common.add_format_tokens(model, tokenizer, cfg.protocol().resolved_format().markers)
-    dataset = Dataset.from_list(build_examples(samples, cfg.protocol(), tokenizer))
+    # Full fine-tuning learns new marker tokens' embeddings. With LoRA the markers stay text the base
+    # vocabulary spells: PEFT's trainable-token wrappers on embed_tokens/lm_head break TRL's fused LM
+    # head (it reads lm_head.weight/.bias directly), and an unchanged vocabulary keeps the adapter
+    # loadable on the plain base model (and by vLLM's LoRA serving).
+    markers = cfg.protocol().resolved_format().markers
+    new_tokens = common.add_format_tokens(model, tokenizer, markers) if cfg.method == "full" else []
+    dataset = Dataset.from_list(tokenize_examples(build_examples(samples, cfg.protocol(), tokenizer), tokenizer))
     on_cuda = common.cuda_available()
     fast_bf16 = on_cuda or models.cpu_has_fast_bf16()
     args = SFTConfig(
         output_dir=str(out), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio,
+        learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,  # transformers 5 reads a value below 1 as a fraction of the steps
         weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, max_length=cfg.max_length,
         completion_only_loss=cfg.loss == "completion",
         activation_checkpointing=on_cuda if cfg.gradient_checkpointing is None else cfg.gradient_checkpointing,
@@ -150,8 +172,7 @@ def build_trainer(cfg: SFTRunConfig) -> tuple[Any, list[Sample], dict[str, Any],
     models.set_attention(model, args.bf16)  # bf16 autocast: eager on CPU, flash-attn on CUDA when installed
     peft_config = None
     if cfg.method in ("lora", "qlora"):
-        ids = tokenizer.convert_tokens_to_ids(new_tokens) if new_tokens else None
-        peft_config = common.lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets, ids)
+        peft_config = common.lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
     callbacks = [common.make_log_callback(out, ("loss", "learning_rate", "grad_norm"))]
     if cfg.max_minutes:
         callbacks.append(common.make_time_budget_callback(cfg.max_minutes))
