@@ -195,9 +195,10 @@ def hf_generation_config(eos_ids: Sequence[int], pad_id: int) -> Any:
     the scores `logits_processors` leaves (so sampling happens in `InverseCDFSampler`)."""
     from transformers import GenerationConfig
 
+    # Sampling-only fields (temperature, top-k/p, min-p, typical-p) are left unset: HF applies them only with
+    # do_sample, and setting them beside do_sample=False makes transformers warn on every call.
     return GenerationConfig(
-        do_sample=False, num_beams=1, temperature=1.0, top_k=0, top_p=1.0, min_p=None, typical_p=1.0,
-        epsilon_cutoff=0.0, eta_cutoff=0.0, repetition_penalty=1.0, encoder_repetition_penalty=1.0,
+        do_sample=False, num_beams=1, repetition_penalty=1.0, encoder_repetition_penalty=1.0,
         no_repeat_ngram_size=0, encoder_no_repeat_ngram_size=0, length_penalty=1.0, min_length=0,
         min_new_tokens=None, renormalize_logits=False, remove_invalid_values=False,
         eos_token_id=list(eos_ids), pad_token_id=pad_id, bos_token_id=None, return_dict_in_generate=True,

@@ -206,3 +206,11 @@ def test_shipped_ppo_config_is_valid_and_the_runner_knows_ppo():
     cfg = cfgmod.resolve(PPORunConfig, Path(__file__).parent.parent / "configs" / "ppo" / "arithmetic_cpu.yaml", {})
     cfg.validate()
     assert {"kl_coef", "gamma", "lam", "vf_coef"} <= setting_names("ppo")
+
+
+def test_bf16_policy_runs_two_steps(tiny_model_dir, tmp_path):
+    """The fp32 value head received bf16 hidden states: `mat1 and mat2 must have the same dtype`."""
+    record = run_ppo(make_cfg(tiny_model_dir, tmp_path, dtype="bf16", max_steps=2))
+    assert record["global_step"] == 2
+    log = [json.loads(x) for x in (tmp_path / "ppo" / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 2 and all(math.isfinite(r["value_loss"]) for r in log)

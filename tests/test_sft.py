@@ -139,3 +139,50 @@ def test_time_budget_stops_training(tiny_model_dir, tmp_path):
     record = run_sft(make_cfg(tiny_model_dir, tmp_path, max_steps=500, max_minutes=1e-9))
     assert record["global_step"] == 1  # stopped after the first step, and saved
     assert (tmp_path / "out" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+@pytest.mark.parametrize("fmt", ["gsm8k", "tags", "think", "boxed", "answer_is"])
+def test_every_format_trains_a_step_and_its_output_evaluates(tiny_model_dir, tmp_path, fmt, method):
+    """Formats that add marker tokens (tags, think) crashed with LoRA (PEFT's trainable-token wrappers
+    under TRL's fused LM head); every format x method must train and load for evaluation."""
+    from mathrl.evaluate import EvalConfig, run_eval
+    from mathrl.formats import Protocol
+
+    out = tmp_path / "out"
+    record = run_sft(make_cfg(tiny_model_dir, tmp_path, format=fmt, method=method, max_steps=1, num_samples=4))
+    assert record["global_step"] == 1
+    weights = "adapter_model.safetensors" if method == "lora" else "model.safetensors"
+    assert (out / weights).exists()
+    summary = run_eval(EvalConfig(model=str(out), task="arithmetic", task_config="1", limit=2, max_new_tokens=4,
+                                  dtype="fp32", protocol=Protocol(format=fmt), output_dir=str(tmp_path / "eval"),
+                                  progress=False))
+    assert summary["n"] == 2
+
+
+def test_warmup_follows_the_ratio_and_impossible_ratios_are_refused(tiny_model_dir, tmp_path):
+    trainer, _, _, _ = build_trainer(make_cfg(tiny_model_dir, tmp_path, warmup_ratio=0.5, max_steps=4,
+                                              lr_scheduler="linear"))
+    assert trainer.args.get_warmup_steps(4) == 2
+    with pytest.raises(MathrlError, match="warmup_ratio must be in"):
+        make_cfg(tiny_model_dir, tmp_path, warmup_ratio=1.0).validate()
+
+
+@pytest.fixture(scope="module")
+def tied_model_dir(tmp_path_factory, build_tiny):
+    """The tiny model with tied input/output embeddings, as SmolLM2 has."""
+    from transformers import AutoModelForCausalLM
+
+    path = build_tiny(tmp_path_factory.mktemp("tied"), seed=2)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    model.config.tie_word_embeddings = True
+    model.tie_weights()
+    model.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["tags", "think"])
+def test_marker_formats_train_with_lora_on_tied_embeddings(tied_model_dir, tmp_path, fmt):
+    """`mathrl sft --format tags --method lora` on SmolLM2 (tied embeddings) crashed in TRL's fused LM head."""
+    record = run_sft(make_cfg(tied_model_dir, tmp_path, format=fmt, method="lora", max_steps=1, num_samples=4))
+    assert record["global_step"] == 1 and (tmp_path / "out" / "adapter_model.safetensors").exists()
