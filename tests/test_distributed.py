@@ -56,6 +56,16 @@ def check_ranks(proc: subprocess.CompletedProcess, events: dict[int, list[dict]]
     return seen
 
 
+def check_same_weights(events: dict[int, list[dict]], min_steps: int) -> None:
+    """Every optimizer step left both ranks with the same parameters (DDP all-reduced the gradients)."""
+    sums = {rank: [e for e in events[rank] if e["event"] == "params"] for rank in (0, 1)}
+    assert len(sums[0]) == len(sums[1]) >= min_steps
+    assert sums[0][0]["weighted"] != sums[0][-1]["weighted"], "the weights did not change: the check would be vacuous"
+    for a, b in zip(sums[0], sums[1]):
+        for key in ("sum", "weighted", "abs"):
+            assert abs(a[key] - b[key]) <= 1e-9 * max(1.0, abs(a[key])), (key, a, b)
+
+
 def check_loads(out: Path) -> None:
     import torch
 
@@ -75,6 +85,7 @@ def test_torchrun_sft_two_ranks(tiny_model_dir, tmp_path):
     rank0, rank1 = check_ranks(proc, events, out, steps=2)
     # 2 ranks x 2 steps x 2 samples = the 8 samples once: each rank its own half
     assert len(rank0) == len(rank1) == 4 and not rank0 & rank1
+    check_same_weights(events, 2)
     check_loads(out)
 
 
@@ -82,10 +93,12 @@ def test_torchrun_grpo_two_ranks(tiny_model_dir, tmp_path):
     out = tmp_path / "grpo"
     proc, events = torchrun(tmp_path, "grpo", "--model", str(tiny_model_dir), "--task", "arithmetic", "--task-config", "1",
                             "--num-samples", "8", "--num-generations", "2", "--prompts-per-step", "2",
-                            "--max-completion-length", "8", "--max-steps", "2", "--dtype", "fp32", "--output-dir", str(out))
+                            "--max-completion-length", "8", "--max-steps", "2", "--dtype", "fp32", "--output-dir", str(out),
+                            "--rewards", "probe_rewards.distinct_chars", "--lr", "1e-2")
     rank0, rank1 = check_ranks(proc, events, out, steps=2)
     # each rank generates for its own prompts (2 per step), none shared with the other rank
     assert len(rank0) == len(rank1) == 4 and not rank0 & rank1
+    check_same_weights(events, 2)
     check_loads(out)
 
 
@@ -103,10 +116,13 @@ def test_torchrun_ppo_two_ranks(tiny_model_dir, tmp_path):
     out = tmp_path / "ppo"
     proc, events = torchrun(tmp_path, "ppo", "--model", str(tiny_model_dir), "--task", "arithmetic", "--task-config", "1",
                             "--num-samples", "8", "--prompts-per-step", "2", "--mini-batch-size", "2",
-                            "--max-completion-length", "8", "--max-steps", "2", "--dtype", "fp32", "--output-dir", str(out))
+                            "--max-completion-length", "8", "--max-steps", "2", "--dtype", "fp32", "--output-dir", str(out),
+                            "--rewards", "probe_rewards.distinct_chars", "--lr", "1e-2")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # PPO's loop is its own (no Trainer steps to record): rank 0 shows writes, rank 1 must show none
-    assert any(e["event"] == "write" for e in events[0]) and not events.get(1)
+    assert any(e["event"] == "write" for e in events[0])
+    assert not [e for e in events.get(1, []) if e["event"] == "write"]
+    check_same_weights(events, 2)
     assert proc.stdout.count("trained ") == 1
     assert [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()] == [1, 2]
     assert json.loads((out / "mathrl_config.json").read_text())["world_size"] == 2

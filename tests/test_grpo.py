@@ -237,3 +237,42 @@ def test_shared_prompt_sampling_draws_from_the_model_for_left_padded_rows(tiny_b
     # the favourite's frequency within 5 standard errors of its probability
     p = float(probs[top])
     assert abs(counts[top] / 200 - p) < 5 * (p * (1 - p) / 200) ** 0.5 + 1e-3
+
+
+def test_untested_trl_falls_back_to_stock_grpo_with_one_warning(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """FastGRPOTrainer overrides TRL 1.16 private methods; another TRL (1.9 passes other arguments to
+    `_generate_single_turn`: a TypeError at step 1) gets stock GRPOTrainer and a one-line warning."""
+    import trl
+
+    from mathrl.train import fast_grpo
+
+    assert fast_grpo.fast_path_supported() is None  # the installed TRL is the tested one
+    monkeypatch.setattr(trl, "__version__", "1.9.0")
+    assert "outside the tested range" in fast_grpo.fast_path_supported()
+    trainer, _, _ = build_trainer(make_cfg(tiny_model_dir, tmp_path))
+    assert type(trainer) is GRPOTrainer
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("warning:")]
+    assert len(lines) == 1 and "stock GRPOTrainer" in lines[0]
+
+
+def test_changed_private_signatures_are_detected(monkeypatch):
+    from mathrl.train import fast_grpo
+
+    def other(self, prompts, num_generations):  # TRL 1.9-like
+        return None
+
+    monkeypatch.setattr(GRPOTrainer, "_generate_single_turn", other)
+    assert "_generate_single_turn" in fast_grpo.fast_path_supported()
+
+
+def test_dependency_ranges_have_upper_bounds():
+    import tomllib
+    from pathlib import Path
+
+    from mathrl.train.fast_grpo import TESTED_TRL
+
+    deps = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]["dependencies"]
+    spec = {d.split(">")[0].split("<")[0].split("=")[0].split("[")[0].strip(): d for d in deps}
+    for name in ("transformers", "trl", "peft", "accelerate"):
+        assert "<" in spec[name], spec[name]
+    assert all(bound in spec["trl"].replace(" ", "") for bound in TESTED_TRL)

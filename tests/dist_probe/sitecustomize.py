@@ -2,7 +2,7 @@
 
 In a process that a launcher started as one rank (RANK is set) and with MATHRL_PROBE_DIR set, it records
 into MATHRL_PROBE_DIR/rank-<RANK>.jsonl what each training step was given (token rows for SFT, prompts
-for GRPO) and every file write that goes through mathrl's writers or a model's save_pretrained.
+for GRPO), a checksum of the optimised parameters after every optimizer step, and every file write that goes through mathrl's writers or a model's save_pretrained.
 """
 
 import json
@@ -51,6 +51,18 @@ def _install() -> None:
         record({"event": "write", "path": str(self.path)})
         return append(self, rows)
 
+    import torch
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    def params_after_step(optimizer, args, kwargs):  # every optimizer step of every trainer, on every rank
+        with torch.no_grad():
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            flat = torch.cat([p.detach().double().flatten() for p in params])
+            weights = torch.arange(1, flat.numel() + 1, dtype=torch.float64) % 7919
+            record({"event": "params", "sum": float(flat.sum()), "weighted": float((flat * weights).sum()),
+                    "abs": float(flat.abs().sum())})
+
+    register_optimizer_step_post_hook(params_after_step)
     transformers.Trainer.training_step = training_step
     transformers.PreTrainedModel.save_pretrained = save_pretrained
     files.atomic_write_text = atomic_write_text
