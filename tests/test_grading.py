@@ -316,6 +316,9 @@ def test_strict_extractors_never_raise(text):
     for fmt in FORMATS.values():
         out = fmt.extract_strict(text)
         assert _is_number_text(out)
+        for answer_type in ("math", "text"):
+            for out in (fmt.extract_strict(text, answer_type=answer_type), fmt.extract_flexible(text, answer_type=answer_type)):
+                assert out is None or (isinstance(out, str) and out == out.strip() != "")
         assert isinstance(fmt.has_reasoning(text), bool)
         assert isinstance(fmt.has_answer(text), bool)
 
