@@ -36,11 +36,11 @@ class Format:
     def render(self, reasoning: str | None, answer: str) -> str:
         return self.template.format(reasoning=(reasoning or "").strip(), answer=answer).strip()
 
-    def extract_strict(self, text: str) -> str | None:
-        return grading.extract_strict(text, self.strict_pattern, self.strict_take)
+    def extract_strict(self, text: str, answer_type: str = "number") -> str | None:
+        return grading.extract_strict(text, self.strict_pattern, self.strict_take, answer_type)
 
-    def extract_flexible(self, text: str) -> str | None:
-        return grading.extract_flexible(text, self.flexible_pattern)
+    def extract_flexible(self, text: str, answer_type: str = "number") -> str | None:
+        return grading.extract_flexible(text, self.flexible_pattern, answer_type)
 
     def has_answer(self, text: str) -> bool:
         return self.extract_strict(text) is not None
@@ -67,7 +67,7 @@ class Format:
         return dummy[: m.start()].strip() if m else ""
 
 
-_NUM = r"([-−+]?\$?\s?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?)"
+_NUM = grading.STRICT_NUMBER  # one number in any notation the grader reads, as the capture group
 FORMATS: dict[str, Format] = {
     "gsm8k": Format(
         name="gsm8k",
@@ -106,7 +106,7 @@ FORMATS: dict[str, Format] = {
         name="boxed",
         instruction="Solve the problem step by step and put the final numeric answer in \\boxed{}.",
         template="{reasoning}\nThe final answer is $\\boxed{{{answer}}}$.",
-        strict_pattern=r"\\boxed\s*\{([^{}]*(?:\{[^{}]*\}[^{}]*)*)\}",
+        strict_pattern=grading.BOXED_PATTERN,  # the extractors read it with a stack parser: any depth
         description="working, then \\boxed{N}",
     ),
     "answer_is": Format(

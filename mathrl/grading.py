@@ -1,8 +1,30 @@
-"""Turn any text into a number-or-nothing, and compare it with a gold answer.
+"""Turn any text into an answer, and compare it with a gold answer.
 
 This module is the single source of truth for answers: evaluation, `mathrl grade` and every RL
 reward call it. Nothing here raises on any input string, and nothing evaluates model text as code:
 GSM8K's calculator strings such as ``<<3*4=12>>`` are read as text, never computed.
+
+Answer types (the `answer_type` argument; "number" is the default everywhere):
+
+- ``number``: one number. Read in these notations: ``18``, ``-7`` / ``−7``, ``+3``, ``$18``,
+  ``-$5`` / ``$-5``, ``1,000`` / ``1{,}000`` / ``1,\\!000`` / ``1\\,000`` / ``1,00,000`` (Indian),
+  ``2.5`` / ``.5``, ``3e5`` / ``1E-3``, ``3/4``, ``\\frac{3}{4}`` / ``\\dfrac34`` / ``\\tfrac 3 4``, mixed
+  numbers ``5 1/2`` and ``3\\frac{1}{2}``, ``50%`` (read as 50). Integer golds compare exactly; a
+  non-integer gold matches a prediction within half a unit of the 6th decimal (``0.333333`` is 1/3).
+- ``math``: a MATH-style LaTeX answer, kept as written by the extractors and compared by
+  `mathrl.grading_math` (numbers as numbers, else Math-Verify in a time-limited worker process).
+- ``text``: a word or phrase, compared after lower-casing and dropping punctuation and spacing.
+
+Simplified on purpose, each a reading a person could dispute:
+- A sign parted from its number by a space (``- 5``) counts only at the start of an answer string
+  (after a strict marker, or what `normalize` is given); in running text ``10 - 5`` is a subtraction.
+- ``5 1/2`` is a mixed number only when the fraction is proper and the gap is 1-2 spaces or tabs;
+  ``6 12/4`` is 6 then 3.
+- Comma groups: ``1,2,3`` and ``3,14`` are lists (each part its own number; no European decimals);
+  a digit-comma run with a group of 3+ digits that is no valid grouping (``1,2345``, ``1,234,56``,
+  ``1234,567``) is no number at all, rather than a truncated one.
+- Scientific notation needs digits on both sides of ``e`` and no letter after (``3 eggs``, ``5e``,
+  ``3e5x`` are not); exponents have at most 2 digits. ``3 \\times 10^5`` is read as 3, then 10, then 5.
 """
 
 from __future__ import annotations
@@ -10,46 +32,103 @@ from __future__ import annotations
 import re
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
+from typing import Iterator
 
+from mathrl.errors import MathrlError
+
+ANSWER_TYPES = ("number", "math", "text")
 # Numbers longer than this are not parsed: they are never right answers and Decimal/Fraction work
 # on them grows with their length (a model can emit thousands of digits).
 MAX_DIGITS = 64
-REL_TOL = 1e-6
+# Half a unit of the 6th decimal: the rounding `format_number` applies to non-integers, so an
+# extracted "0.333333" still matches a gold of 1/3. Absolute, so a large gold gets no slack.
+DECIMAL_TOL = Fraction(1, 2 * 10**6)
 
-# A number as people write it: optional sign glued to it (not a hyphen after a word or digit, so
-# "3-5" gives 5; "3 - 5" gives 5 too), optional currency, digits with thousands separators or
-# plain, optional decimals. The match starts at the sign, "$" or first digit, so a fraction after a
-# space ("is 3/4") is seen whole by the fraction alternative, which is tried first.
-_NUM = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+"
-_SIGNED = rf"(?:(?<![\w\)\]])[-−+](?=[$\d.]))?(?:\$\s?)?(?:{_NUM})"
-_LATEX_FRAC = r"(?P<lneg>-\s*)?\\[dt]?frac\s*\{\s*(?P<ln>-?\d+)\s*\}\s*\{\s*(?P<ld>-?\d+)\s*\}"
-_SLASH_FRAC = r"(?<![\d/.])(?P<sn>-?\d+)\s*/\s*(?P<sd>\d+)(?![\d/]|\.\d)"
-NUMBER_RE = re.compile(rf"{_LATEX_FRAC}|{_SLASH_FRAC}|(?P<num>{_SIGNED})")
+# The number grammar, written once: NUMBER_RE (named groups, for reading values) and STRICT_NUMBER
+# (the same pattern unnamed, as the formats' strict capture group) are both built from it.
+_SEP = r"(?:,|\{,\}|,\\!|\\,)"  # thousands separators: 1,000  1{,}000  1,\!000  1\,000
+# Western groups of 3, or Indian 2s then a 3 (bounded: an unbounded run would rescan "11,11,11…"
+# once per item, quadratic); anything else is a bare digit run, checked by `_read`.
+_INT = rf"\d{{1,3}}(?:{_SEP}\d{{3}})+(?!\d)|\d{{1,2}}(?:{_SEP}\d{{2}}){{1,6}}{_SEP}\d{{3}}(?!\d)|\d+"
+_ARG = r"\{\s*[-−]?\d+(?:\.\d+)?\s*\}|\d"  # \frac{12}{5} or \frac12 (single digits without braces)
+_BODY = (
+    rf"(?P<lw>\d+ ?)?\\[dt]?frac\s*(?P<ln>{_ARG})\s*(?P<ld>{_ARG})"
+    r"|(?<![\d/.])(?P<sw>\d+[ \t]{1,2})?(?P<sn>\d+)\s*/\s*(?P<sd>\d+)(?![\d/]|\.\d)"
+    rf"|(?P<num>(?:(?P<int>{_INT})(?:\.\d+)?|\.\d+)(?:[eE][-+−]?\d+(?![A-Za-z]))?)"
+)
+# A sign glued to its number, not a hyphen after a word, digit or bracket ("3-5", "item-5" give 5);
+# optionally currency, and a sign after it ("$-5"). Fractions are tried before plain numbers so
+# "3/4" is seen whole.
+NUMBER_RE = re.compile(r"(?P<sign>(?<![\w)\]}])[-−+])?(?:(?P<cur>\$\s?)(?P<sign2>[-−])?)?(?:" + _BODY + ")")
+# Strict capture for "#### N" / "The answer is N": also "- 5" (sign, one space, number); never the
+# front of a longer digit-comma run ("#### 1,2345" has no strict answer rather than a truncated one).
+STRICT_NUMBER = r"((?:[-−+]\s)?" + re.sub(r"\(\?P<\w+>", "(?:", NUMBER_RE.pattern) + rf")(?!\d|{_SEP}\d)"
+# A regex for the boxed format's rewards (they need one); the extractors read any strict pattern that
+# starts with \\boxed with the stack parser below instead, since no regex matches any nesting depth.
+BOXED_PATTERN = r"\\(?:boxed|fbox)\s*\{((?:[^{}]|\{(?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*\})*)\}"
 # GSM8K calculator annotations: <<48/2=24>>. Dropped before the flexible extractor looks for the
 # last number, so "<<2*3=6>>" followed by nothing does not yield the 6 inside the brackets alone.
 CALC_RE = re.compile(r"<<[^<>]{0,200}>>")
 
+_NEXT_GROUP = re.compile(rf"{_SEP}(\d+)")
+_RUN = re.compile(rf"(?:{_SEP}\d+)+(?:\.\d+)?")
+_HAS_SEP = re.compile(_SEP)
+_LEADING_SIGN = re.compile(r"^[\s{]*([-−+])\s+(?=[$\d.\\])")  # "- 5", also inside \boxed{{- 5}}
+_PERCENT = re.compile(r"\s*\\?%$")
 
-def _to_fraction(token: str) -> Fraction | None:
-    cleaned = token.replace(",", "").replace("$", "").replace("−", "-").replace(" ", "")
-    if len(cleaned) > MAX_DIGITS:
+
+def _check_type(answer_type: str) -> None:
+    if answer_type not in ANSWER_TYPES:
+        raise MathrlError(f"unknown answer_type {answer_type!r}; choose one of: {', '.join(ANSWER_TYPES)}")
+
+
+def _decimal(text: str) -> Fraction | None:
+    for sep in ("{,}", ",\\!", "\\,", ","):
+        text = text.replace(sep, "")
+    text = text.replace("−", "-").replace("{", "").replace("}", "").strip()
+    mantissa, _, exp = text.lower().partition("e")
+    if len(mantissa) > MAX_DIGITS or len(exp.lstrip("+-")) > 2:
         return None
     try:
-        return Fraction(Decimal(cleaned))
+        return Fraction(Decimal(text))
     except (InvalidOperation, ValueError, ZeroDivisionError):
         return None
 
 
-def _match_value(m: re.Match) -> Fraction | None:
-    if m.group("num") is not None:
-        return _to_fraction(m.group("num"))
+def _read_fraction(m: re.Match, whole: str, num: str, den: str) -> tuple[Fraction | None, int]:
+    n, d = _decimal(m.group(num)), _decimal(m.group(den))
+    if n is None or d is None or d == 0 or len(m.group(0)) > 3 * MAX_DIGITS:
+        return None, m.end()
+    if m.group(whole) is None:
+        return n / d, m.end()
+    if 0 < n < d and n.denominator == d.denominator == 1:  # a proper fraction: a mixed number
+        return int(m.group(whole)) + n / d, m.end()
+    return _decimal(m.group(whole)), m.end(whole)  # "6 12/4": the 6 alone; 12/4 is read next
+
+
+def _read(m: re.Match, text: str) -> tuple[Fraction | None, int]:
+    """The value of a NUMBER_RE match (None: unreadable), and where the next number may start."""
+    negative = sum(1 for g in ("sign", "sign2") if (m.group(g) or "+") in "-−") % 2 == 1
     if m.group("ln") is not None:
-        num, den, sign = m.group("ln"), m.group("ld"), -1 if m.group("lneg") else 1
+        value, end = _read_fraction(m, "lw", "ln", "ld")
+    elif m.group("sn") is not None:
+        value, end = _read_fraction(m, "sw", "sn", "sd")
     else:
-        num, den, sign = m.group("sn"), m.group("sd"), 1
-    if len(num) + len(den) > MAX_DIGITS or int(den) == 0:
-        return None
-    return sign * Fraction(int(num), int(den))
+        value, end = _decimal(m.group("num")), m.end()
+        int_part = m.group("int")
+        nxt = _NEXT_GROUP.match(text, m.end("int")) if int_part is not None else None
+        if nxt and (len(nxt.group(1)) >= 3 or _HAS_SEP.search(int_part)):  # "1,2345", "1,234,56"
+            return None, _RUN.match(text, m.end("int")).end()
+    return (None if value is None else -value if negative else value), end
+
+
+def _scan(text: str) -> Iterator[tuple[int, int, Fraction | None]]:
+    """(start, end, value) of every number in `text`, left to right; value None when unreadable."""
+    pos = 0
+    while (m := NUMBER_RE.search(text, pos)) is not None:
+        value, end = _read(m, text)
+        yield m.start(), end, value
+        pos = max(end, m.start() + 1)
 
 
 def format_number(value: Fraction) -> str:
@@ -100,21 +179,16 @@ def answer_text(value: object) -> str:
 
 
 def parse_number(text: str | None) -> Fraction | None:
-    """The first number in `text` (boxed content first), or None. Never raises."""
+    """The first number in `text` (boxed content first), or None when it is unreadable. Never raises."""
     text = _as_text(text)
     if not text:
         return None
     try:
         boxed = _boxed_contents(text)
-        if boxed:
-            text = boxed[-1]
-        for m in NUMBER_RE.finditer(text):
-            value = _match_value(m)
-            if value is not None:
-                return value
-    except (RecursionError, ValueError, OverflowError):
+        text = _LEADING_SIGN.sub(r"\1", boxed[-1] if boxed else text, count=1)
+        return next((value for _, _, value in _scan(text)), None)
+    except (RecursionError, ValueError, OverflowError, MemoryError):
         return None
-    return None
 
 
 def normalize(text: str | None) -> str | None:
@@ -123,67 +197,120 @@ def normalize(text: str | None) -> str | None:
     return None if value is None else format_number(value)
 
 
-def extract_flexible(text: str | None, pattern: str | None = None) -> str | None:
-    """Last number in the completion (or the last match of `pattern`), normalised."""
+def plain_value(text: str | None) -> Fraction | None:
+    """The value when `text` is one number and nothing else ('18', '-$5', '50%', '\\frac{3}{4}')."""
+    text = _PERCENT.sub("", _LEADING_SIGN.sub(r"\1", _as_text(text).strip(), count=1))
+    m = NUMBER_RE.fullmatch(text)
+    if m is None:
+        return None
+    value, end = _read(m, text)
+    return value if end == len(text) else None
+
+
+def is_plain_number(text: str) -> bool:
+    """True for '18', '-2.5', '$1,000', '50%', '3/4', '\\frac{3}{4}': one number and nothing else."""
+    return plain_value(text) is not None
+
+
+def _answer_text(text: str | None, answer_type: str) -> str | None:
+    """An extracted answer in the form its type compares: canonical number, or stripped text."""
+    if answer_type == "number":
+        return normalize(text)
+    text = _as_text(text).strip()
+    return text or None
+
+
+def extract_flexible(text: str | None, pattern: str | None = None, answer_type: str = "number") -> str | None:
+    """The answer without relying on the format's marker.
+
+    number: the last number (or the last match of `pattern`), normalised. math: the last \\boxed{}
+    content, else the last number as written. text: the last \\boxed{} content, else the last
+    non-empty line (simplified: no attempt to find the answer phrase inside it)."""
+    _check_type(answer_type)
     text = _as_text(text)
     if not text:
         return None
     try:
         if pattern:
             matches = [m.group(0) for m in re.finditer(pattern, text)]
-            return normalize(matches[-1]) if matches else None
+            return _answer_text(matches[-1], answer_type) if matches else None
+        if answer_type != "number":
+            boxed = _boxed_contents(text)
+            if boxed:
+                return _answer_text(boxed[-1], answer_type)
+            if answer_type == "text":
+                lines = [line for line in text.splitlines() if line.strip()]
+                return _answer_text(lines[-1], answer_type) if lines else None
         text = CALC_RE.sub(" ", text)
-        values = [v for v in (_match_value(m) for m in NUMBER_RE.finditer(text)) if v is not None]
-        return format_number(values[-1]) if values else None
-    except (RecursionError, ValueError, OverflowError, re.error):
+        last = None
+        for start, end, value in _scan(text):
+            if value is not None:
+                last = (start, end, value)
+        if last is None:
+            return None
+        return format_number(last[2]) if answer_type == "number" else text[last[0] : last[1]].strip()
+    except (RecursionError, ValueError, OverflowError, MemoryError, re.error):
         return None
 
 
-def extract_strict(text: str | None, pattern: str, take: str = "last") -> str | None:
-    """The number inside the format's own answer marker (`pattern` has one capture group)."""
+def _is_boxed_pattern(pattern: str) -> bool:
+    return pattern.startswith((r"\\boxed", r"\\(?:boxed|fbox)"))
+
+
+def extract_strict(text: str | None, pattern: str, take: str = "last", answer_type: str = "number") -> str | None:
+    """The answer inside the format's own marker (`pattern` has one capture group).
+
+    A pattern starting with \\boxed means "the boxed answer": read with a stack parser (any nesting
+    depth, \\boxed or \\fbox). number: the marker's content normalised; math/text: stripped text."""
+    _check_type(answer_type)
     text = _as_text(text)
     if not text:
         return None
     try:
-        matches = [m.group(1) for m in re.finditer(pattern, text)]
-    except (re.error, IndexError):
+        if isinstance(pattern, str) and _is_boxed_pattern(pattern):
+            matches = _boxed_contents(text)
+        else:
+            matches = [m.group(1) for m in re.finditer(pattern, text)]
+    except (re.error, IndexError, TypeError, RecursionError):
         return None
     if not matches:
         return None
-    return normalize(matches[0] if take == "first" else matches[-1])
+    return _answer_text(matches[0] if take == "first" else matches[-1], answer_type)
 
 
-def answers_match(pred: str | None, gold: str | None) -> bool:
-    """Numeric comparison with a small relative tolerance; math-verify when gold is not a number."""
+def numbers_equal(pred: Fraction, gold: Fraction) -> bool:
+    """Integer golds exactly; non-integer golds to within half a unit of the 6th decimal."""
+    if pred == gold:
+        return True
+    return gold.denominator != 1 and abs(pred - gold) <= DECIMAL_TOL
+
+
+TEXT_COMMAND = re.compile(r"\\(?:text|textbf|textit|mathrm|mbox)\s*\{([^{}]*)\}")
+
+
+def text_key(text: str) -> str:
+    """A phrase reduced for comparison: \\text{} unwrapped, lower case, punctuation and extra spaces gone."""
+    text = TEXT_COMMAND.sub(r"\1", text).lower()
+    return " ".join(re.sub(r"[^\w\s]|_", " ", text).split())
+
+
+def answers_match(pred: str | None, gold: str | None, answer_type: str = "number") -> bool:
+    """Is the prediction the gold answer? See the module docstring for each answer type's rule.
+
+    number: a gold that is one number needs a numeric prediction (`numbers_equal`); any other gold
+    (\\sqrt{2}) is compared as math."""
+    _check_type(answer_type)
     if pred is None or gold is None:
         return False
     pred, gold = _as_text(pred), _as_text(gold)
-    p, g = parse_number(pred), parse_number(gold)
-    if p is not None and g is not None and is_plain_number(gold):
-        return p == g or abs(p - g) <= REL_TOL * max(1, abs(g))
-    return _math_verify(pred, gold)
+    if answer_type == "text":
+        key = text_key(gold)
+        return bool(key) and text_key(pred) == key
+    if answer_type == "number":
+        g = plain_value(gold)
+        if g is not None:
+            p = parse_number(pred)
+            return p is not None and numbers_equal(p, g)
+    from mathrl.grading_math import math_equal  # imported here: grading_math builds on this module
 
-
-def is_plain_number(text: str) -> bool:
-    """True for '18', '-2.5', '$1,000', '50%', '3/4', '\\frac{3}{4}': one number and nothing else."""
-    text = _as_text(text).strip().rstrip("%").strip()
-    m = NUMBER_RE.fullmatch(text)
-    return m is not None
-
-
-# math-verify parses LaTeX with sympy: huge powers or factorials can take forever, so inputs are
-# capped in size and both steps get a time limit (enforced where signals work: the main thread).
-_MV_MAX_CHARS = 200
-
-
-def _math_verify(pred: str, gold: str) -> bool:
-    if len(pred) > _MV_MAX_CHARS or len(gold) > _MV_MAX_CHARS or "!" in pred + gold or (pred + gold).count("^") > 2:
-        return False
-    try:
-        from math_verify import parse, verify
-
-        gold_parsed = parse(gold if "$" in gold else f"${gold}$", parsing_timeout=2)
-        pred_parsed = parse(pred if "$" in pred else f"${pred}$", parsing_timeout=2)
-        return bool(gold_parsed and pred_parsed and verify(gold_parsed, pred_parsed, timeout_seconds=2))
-    except Exception:  # noqa: BLE001 - the grader must never raise on model text
-        return False
+    return math_equal(pred, gold)

@@ -231,8 +231,6 @@ def test_lm_eval_strict_pattern():
         ("18", "18%"),
         ("0.75", "3/4"),
         ("-3", "-3"),
-        ("18.0000001", "18"),  # within the relative tolerance
-        ("1000000.5", "1000000"),  # tolerance is relative: 1e-6 * 1e6
         ("0.333333", "1/3"),  # 6 decimals (format_number) compare equal to the fraction
     ],
 )
@@ -318,6 +316,9 @@ def test_strict_extractors_never_raise(text):
     for fmt in FORMATS.values():
         out = fmt.extract_strict(text)
         assert _is_number_text(out)
+        for answer_type in ("math", "text"):
+            for out in (fmt.extract_strict(text, answer_type=answer_type), fmt.extract_flexible(text, answer_type=answer_type)):
+                assert out is None or (isinstance(out, str) and out == out.strip() != "")
         assert isinstance(fmt.has_reasoning(text), bool)
         assert isinstance(fmt.has_answer(text), bool)
 
@@ -351,3 +352,215 @@ def test_pathological_nesting_is_handled():
         assert _is_number_text(extract_flexible(text))
         for fmt in FORMATS.values():
             assert _is_number_text(fmt.extract_strict(text))
+
+
+# --------------------------------------------------------------------------------------------------
+# misreads found in review: each of these read a different number before the fix
+
+
+@pytest.mark.parametrize(
+    "fmt, text, expected",
+    [
+        ("gsm8k", "work\n#### - 5", "-5"),  # a sign separated by a space right after the marker
+        ("gsm8k", "#### \u2212 5", "-5"),
+        ("answer_is", "so The answer is - 5.", "-5"),
+        ("gsm8k", "#### $-5", "-5"),  # currency before the sign
+        ("gsm8k", "#### -$5", "-5"),
+        ("gsm8k", "#### .5", "0.5"),
+        ("answer_is", "The answer is .5.", "0.5"),
+        ("gsm8k", "#### 5 1/2", "5.5"),
+        ("gsm8k", "#### 3e5", "300000"),
+        ("gsm8k", "#### 1,2345", None),  # malformed thousands group: no number, not a truncated 1234
+    ],
+)
+def test_strict_marker_misreads(fmt, text, expected):
+    assert FORMATS[fmt].extract_strict(text) == expected
+
+
+def test_spaced_sign_only_counts_at_the_start_of_an_answer():
+    assert normalize("- 5") == "-5"
+    assert normalize("\u2212 5") == "-5"
+    assert extract_flexible("10 - 5") == "5"  # subtraction in running text is not a sign
+    assert extract_flexible("we have 3 - 5 apples") == "5"
+
+
+def test_lm_eval_preset_reads_a_leading_dot():
+    fmt = Protocol(**PROTOCOLS["lm-eval-gsm8k"]).resolved_format()
+    assert fmt.extract_strict("#### .5") == "0.5"
+
+
+@pytest.mark.parametrize(
+    "pred, gold, expected",
+    [
+        ("1000001", "1000000", False),  # integers compare exactly: no relative tolerance
+        ("999999", "1000000", False),
+        ("123456789", "123456790", False),
+        ("1000000.5", "1000000", False),
+        ("18.0000001", "18", False),
+        ("1000000", "1,000,000", True),
+        ("1000000.0", "1000000", True),
+        ("0.333333", "1/3", True),  # a non-integer gold: 6 decimals (format_number's rounding) are enough
+        ("1/3", "0.333333", True),
+        ("0.142857", "\\frac{1}{7}", True),
+        ("0.3333", "1/3", False),  # ... but fewer decimals are not
+        ("1234567.5", "1234568.5", False),  # the tolerance is absolute, not relative to a large gold
+    ],
+)
+def test_integer_golds_compare_exactly(pred, gold, expected):
+    assert answers_match(pred, gold) is expected
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("\\boxed{1{,}000}", "1000"),
+        ("\\boxed{1{,}234{,}567}", "1234567"),
+        ("1,\\!000", "1000"),
+        ("$1,\\!000,\\!000$", "1000000"),
+        ("1\\,000", "1000"),
+        ("\\frac12", "0.5"),
+        ("\\dfrac34", "0.75"),
+        ("\\tfrac{1}{4}", "0.25"),
+        ("\\frac1{2}", "0.5"),
+        ("\\frac{1}{2}", "0.5"),
+        ("3e5", "300000"),
+        ("1e-3", "0.001"),
+        ("2.5E+2", "250"),
+        ("-4e2", "-400"),
+        ("\u22123/4", "-0.75"),  # unicode minus before a slash fraction
+        ("5 1/2", "5.5"),  # mixed numbers
+        ("3\\frac{1}{2}", "3.5"),
+        ("-2 3/4", "-2.75"),
+        ("3 1/2 cups", "3.5"),
+        ("1,00,000", "100000"),  # Indian grouping (lakh)
+    ],
+)
+def test_number_notation_misreads(text, expected):
+    assert normalize(text) == expected
+    assert extract_flexible(f"so the total is {text}") == expected
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("it takes 3 eggs", "3"),  # "3 e" is not scientific notation
+        ("5e", "5"),
+        ("about 3e5x", "5"),  # a letter after the exponent: not a number in e-notation
+        ("in 2 1/2 hours", "2.5"),
+        ("add 5 1/2", "5.5"),
+        ("1 2 3", "3"),  # a list of integers stays a list
+        ("6 12/4", "3"),  # improper fraction after an integer: two numbers, not a mixed number
+        ("2\\frac{5}{3}", "1.666667"),
+        ("1,2,3", "3"),
+        ("the pair 12,34", "34"),
+        ("\u22123/4", "-0.75"),
+    ],
+)
+def test_flexible_near_misses_stay_as_written(text, expected):
+    assert extract_flexible(text) == expected
+
+
+@pytest.mark.parametrize("text", ["1,2345", "1,234,56", "12,3456", "1234,567"])
+def test_malformed_thousands_groups_are_no_number(text):
+    assert normalize(text) is None
+    assert not grading.is_plain_number(text)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("\\boxed{\\frac{\\sqrt{4}}{\\left(2\\right)}} and \\boxed{7}", "7"),
+        ("\\boxed{\\text{so {{{{12}}}} apples}}", "12"),  # any nesting depth
+        ("\\fbox{9}", "9"),
+        ("\\boxed{1} then \\fbox{2} then \\boxed{{3}}", "3"),  # the last box wins
+    ],
+)
+def test_boxed_strict_any_depth(text, expected):
+    assert FORMATS["boxed"].extract_strict(text) == expected
+
+
+# --------------------------------------------------------------------------------------------------
+# property: a value written in any notation the grader claims to read comes back as that value
+
+_MINUS = st.sampled_from(["-", "\u2212"])
+_BIG_SEPARATORS = st.sampled_from([",", "{,}", ",\\!"])
+
+
+def _grouped(n: int, sep: str) -> str:
+    return f"{n:,}".replace(",", sep)
+
+
+@st.composite
+def written_numbers(draw):
+    """(value, text, spaced): a Fraction and one way people write it; spaced: its sign is '- N'."""
+    kind = draw(st.sampled_from(["int", "decimal", "sci", "fraction", "mixed"]))
+    if kind == "int":
+        n = draw(st.integers(0, 10**12))
+        value = Fraction(n)
+        text = draw(st.sampled_from([str(n), _grouped(n, draw(_BIG_SEPARATORS))]))
+        text += draw(st.sampled_from(["", "%"]))  # 50% grades as 50 against a gold of 50
+    elif kind == "decimal":
+        n, places = draw(st.integers(0, 10**9)), draw(st.integers(1, 6))
+        value = Fraction(n, 10**places)
+        whole, frac = divmod(n, 10**places)
+        text = f"{whole:,}.{frac:0{places}d}" if draw(st.booleans()) else f"{whole}.{frac:0{places}d}"
+        if whole == 0 and draw(st.booleans()):
+            text = text[1:]  # ".5"
+    elif kind == "sci":
+        mantissa, exp = draw(st.integers(1, 999)), draw(st.integers(-6, 9))
+        value = Fraction(mantissa) * Fraction(10) ** exp
+        e = draw(st.sampled_from(["e", "E"]))
+        text = f"{mantissa}{e}{'+' if exp >= 0 and draw(st.booleans()) else ''}{exp}"
+    else:
+        den = draw(st.integers(2, 999))
+        num = draw(st.integers(1, den - 1 if kind == "mixed" else 5000))
+        value = Fraction(num, den)
+        styles = ["\\frac{%d}{%d}", "\\dfrac{%d}{%d}", "\\tfrac{%d}{%d}", "%d/%d", "%d / %d"]
+        if num < 10 and den < 10:
+            styles += ["\\frac%d%d", "\\frac %d %d"]
+        text = draw(st.sampled_from(styles)) % (num, den)
+        if kind == "mixed":
+            whole = draw(st.integers(1, 999))
+            value += whole
+            text = f"{whole} {num}/{den}" if draw(st.booleans()) else f"{whole}\\frac{{{num}}}{{{den}}}"
+    spaced = False
+    if value and draw(st.booleans()):
+        value = -value
+        sign = draw(_MINUS)
+        spaced = draw(st.booleans())
+        text = sign + (" " if spaced else "") + text
+    if not text.endswith("%") and draw(st.booleans()) and "$" not in text:
+        text = "$" + text if value >= 0 else text[0] + "$" + text[1:].lstrip()
+    return value, text, spaced
+
+
+def _boxed(text: str, depth: int, command: str = "\\boxed") -> str:
+    return command + "{" + "{" * depth + text + "}" * depth + "}"
+
+
+_PROPERTY = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@_PROPERTY
+@given(written_numbers(), st.integers(0, 4), st.sampled_from(["\\boxed", "\\fbox"]))
+def test_every_notation_reads_as_its_value(written, depth, command):
+    value, text, spaced = written
+    want = grading.format_number(value)
+    assert normalize(text) == want
+    assert parse_number(text) == value
+    assert normalize(_boxed(text, depth, command)) == want
+    strict = {
+        "gsm8k": f"3 + 4 = 7\n#### {text}\n",
+        "answer_is": f"3 + 4 = 7.\nThe answer is {text}.",
+        "tags": f"<start_working_out>3 + 4<end_working_out><SOLUTION>{text}</SOLUTION>",
+        "think": f"<think>3 + 4</think>\n<answer> {text} </answer>",
+        "boxed": f"3 + 4 = 7, so $\\boxed{{1}}$ is wrong; it is {_boxed(text, depth, command)}.",
+    }
+    for name, completion in strict.items():
+        assert FORMATS[name].extract_strict(completion) == want, name
+    if not spaced:  # "- 5" in running text is a subtraction, not a sign
+        assert extract_flexible(f"First 3 + 4 = 7 apples.\nSo the total is {text}") == want
+        assert extract_flexible(f"so {text}.") == want
+    gold = str(value.numerator) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
+    assert answers_match(want, gold)
+    assert not answers_match(want, str(value.numerator + value.denominator))  # one more than the value: wrong
