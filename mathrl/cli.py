@@ -292,7 +292,18 @@ def list_formats() -> None:
     typer.echo("protocols: " + ", ".join(PROTOCOLS))
 
 
+def quiet_library_deprecations() -> None:
+    """Deprecation notices that transformers prints when TRL or PEFT call its old names
+    (`is_gradient_checkpointing`, `gradient_checkpointing_enable`, ...): about those libraries' code, not
+    the user's, and repeated on every run. mathrl's own calls use the current names."""
+    import warnings
+
+    for pattern in (r".*is deprecated and will be removed in v6.*", r".*`past_key_values` is deprecated.*"):
+        warnings.filterwarnings("ignore", message=pattern, category=FutureWarning)
+
+
 def main() -> None:
+    quiet_library_deprecations()
     try:
         app()
     except MathrlError as e:
