@@ -194,14 +194,17 @@ def run(
     only_report: bool = typer.Option(False, "--only-report", help="Only rebuild the report from finished stages."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (stages, status, estimated cost) and stop."),
     runs_dir: Path = typer.Option(Path("runs"), help="Stages go to RUNS_DIR/<experiment>/<stage>/."),
+    budget: Optional[str] = typer.Option(None, help="Wall-clock budget, e.g. 20m: calibrate, size the training stages "
+                                                    "to fit, print the plan (overrides the file's budget:)."),
+    replan: bool = typer.Option(False, help="Calibrate and plan again instead of reusing runs/<experiment>/plan.json."),
 ) -> None:
-    """Run an experiment file: cached, resumable stages (eval, SFT, GRPO), then the report."""
+    """Run an experiment file: cached, resumable stages (eval, SFT, GRPO, PPO), then the report."""
     from mathrl.distributed import require_single_process
     from mathrl.runner import failed, run_file
 
     require_single_process("run")
     results = run_file(experiment_file, experiments, only_eval=only_eval, only_report=only_report, dry_run=dry_run,
-                       runs_dir=runs_dir)
+                       runs_dir=runs_dir, budget=budget, replan=replan)
     bad = failed(results)
     if bad:
         typer.secho(f"{len(bad)} stage(s) failed or blocked: {', '.join(bad)}; fix and rerun the same command "

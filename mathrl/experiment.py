@@ -111,6 +111,7 @@ class Stage:
     config: Any = None  # the built settings dataclass; None when the kind is unavailable
     unavailable: str | None = None
     key: str = ""
+    budget_share: float | None = None  # training stages under a budget: their share of the training time
 
 
 def build_config(kind: str, settings: dict[str, Any], source: str) -> Any:
@@ -167,8 +168,8 @@ def expand(name: str, spec: Any, runs_dir: Path, source: str) -> list[Stage]:
     spec = _mapping(spec, f"{source}: experiment {name!r}")
     where = f"{source}: experiments.{name}"
     for key in spec:
-        if key not in ("description", "defaults", "stages", "eval"):
-            raise MathrlError(f"{where}: unknown key {key!r} (expected defaults, stages, eval, description)")
+        if key not in ("description", "defaults", "stages", "eval", "budget"):
+            raise MathrlError(f"{where}: unknown key {key!r} (expected defaults, stages, eval, budget, description)")
     defaults = _mapping(spec.get("defaults"), f"{where}.defaults")
     per_kind = {k: _mapping(defaults.pop(k), f"{where}.defaults.{k}") for k in list(defaults) if k in KINDS}
     known = {k: setting_names(k) for k in KINDS}
@@ -184,13 +185,16 @@ def expand(name: str, spec: Any, runs_dir: Path, source: str) -> list[Stage]:
         swhere = f"{where}.stages.{sname}"
         sspec = _mapping(sspec, swhere)
         kind, src = sspec.pop("kind", None), sspec.pop("from", None)
+        share = sspec.pop("budget_share", None)
+        if share is not None and (isinstance(share, bool) or not isinstance(share, (int, float)) or share <= 0):
+            raise MathrlError(f"{swhere}: budget_share must be a positive number, got {share!r}")
         if kind not in training_kinds():
             raise MathrlError(f"{swhere}: kind must be one of {', '.join(training_kinds())}, got {kind!r}")
         for owned in ("output_dir", "resume"):
             if owned in sspec:
                 raise MathrlError(f"{swhere}: {owned!r} is set by the runner (runs/<experiment>/<stage>/)")
         settings = shared(kind) | sspec
-        stage = Stage(sname, kind, exp_dir / sname, settings, method=kind, model_label=sname)
+        stage = Stage(sname, kind, exp_dir / sname, settings, method=kind, model_label=sname, budget_share=share)
         if src in trained:
             settings["model"] = str(trained[src].out)
             stage.deps = [src]
@@ -310,6 +314,19 @@ def _finish(stage: Stage, by_name: dict[str, Stage], source: str) -> None:
     blob = json.dumps({"kind": stage.kind, "settings": view, "deps": {d: by_name[d].key for d in stage.deps}},
                       sort_keys=True, default=str)
     stage.key = hashlib.sha256(blob.encode()).hexdigest()
+
+
+def rebuild(stages: list[Stage], source: str) -> None:
+    """Rebuild every stage's settings and cache key after its `settings` changed (e.g. a budget plan)."""
+    by_name: dict[str, Stage] = {}
+    for stage in stages:
+        by_name[stage.name] = stage
+        _finish(stage, by_name, source)
+
+
+def experiment_budget(path: str | Path, name: str) -> Any:
+    """The `budget:` an experiment of the file sets, or None."""
+    return (cfgmod.load_yaml(path).get("experiments") or {}).get(name, {}).get("budget")
 
 
 def load_experiments(path: str | Path, runs_dir: str | Path, names: list[str] | None = None) -> dict[str, list[Stage]]:

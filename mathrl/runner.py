@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from mathrl.errors import MathrlError
-from mathrl.experiment import Stage, load_experiments, load_kind
+from mathrl.experiment import Stage, experiment_budget, load_experiments, load_kind, rebuild
 from mathrl.files import atomic_write_json
 
 DONE = ("cached", "ran", "resumed")  # outcomes after which dependants may run
@@ -294,7 +294,7 @@ def make_report(exp_dir: Path, console: Any) -> bool:
 
 def run_file(path: str | Path, experiments: list[str] | None = None, *, only_eval: bool = False,
              only_report: bool = False, dry_run: bool = False, runs_dir: str | Path = "runs",
-             console: Any = None) -> dict[str, dict[str, str]]:
+             console: Any = None, budget: str | None = None, replan: bool = False) -> dict[str, dict[str, str]]:
     """Plan, run and report every selected experiment; returns experiment → stage → outcome
     (cached, ran, resumed, failed, blocked, not selected; dry-run: the plan's statuses)."""
     if console is None:
@@ -308,6 +308,16 @@ def run_file(path: str | Path, experiments: list[str] | None = None, *, only_eva
     results: dict[str, dict[str, str]] = {}
     for name, stages in loaded.items():
         exp_dir = runs_dir / name
+        began = time.perf_counter()
+        plan = None
+        wanted_budget = budget or experiment_budget(path, name)
+        if wanted_budget and not only_report:
+            from mathrl import budget as budgets
+
+            plan = budgets.plan_experiment(stages, budgets.parse_duration(wanted_budget), exp_dir, console, replan)
+            budgets.apply_plan(stages, plan)
+            rebuild(stages, str(path))
+            budgets.print_budget(plan, console)
         if dry_run:
             plan = plan_status(stages)
             print_plan(name, stages, plan, console)
@@ -326,6 +336,11 @@ def run_file(path: str | Path, experiments: list[str] | None = None, *, only_eva
                 outcomes["report"] = "failed"
         else:
             console.print("no finished evaluations yet: no report")
+        if plan is not None and not only_report and all(o in ("ran", "resumed") for o in outcomes.values()):
+            from mathrl import budget as budgets
+
+            plan["actual"] = budgets.report_actual(plan, time.perf_counter() - began, console)
+            atomic_write_json(exp_dir / "plan.json", plan)
         results[name] = outcomes
     return results
 

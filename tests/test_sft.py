@@ -186,3 +186,15 @@ def test_marker_formats_train_with_lora_on_tied_embeddings(tied_model_dir, tmp_p
     """`mathrl sft --format tags --method lora` on SmolLM2 (tied embeddings) crashed in TRL's fused LM head."""
     record = run_sft(make_cfg(tied_model_dir, tmp_path, format=fmt, method="lora", max_steps=1, num_samples=4))
     assert record["global_step"] == 1 and (tmp_path / "out" / "adapter_model.safetensors").exists()
+
+
+def test_a_time_budget_refits_the_schedule_to_the_steps_that_fit(tiny_model_dir, tmp_path):
+    """A cosine planned for 100,000 steps and stopped by a 4-second budget used to end at the peak
+    learning rate; now the schedule spans the steps that fit, so it has decayed when the budget ends."""
+    cfg = make_cfg(tiny_model_dir, tmp_path, max_steps=100_000, max_minutes=4 / 60, lr_scheduler="cosine",
+                   warmup_ratio=0.0, num_samples=64, batch_size=2, learning_rate=1e-3, save_steps=100_000)
+    record = run_sft(cfg)
+    assert 3 < record["planned_steps"] < 100_000
+    lrs = [r["learning_rate"] for r in map(json.loads, (tmp_path / "out" / "train_log.jsonl").read_text().splitlines())
+           if "learning_rate" in r]
+    assert lrs[-1] < 0.5 * 1e-3, lrs[-5:]

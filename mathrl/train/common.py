@@ -81,18 +81,68 @@ def make_log_callback(output_dir: str | Path, plot_keys: tuple[str, ...] = ("los
     return TrainLog()
 
 
-def make_time_budget_callback(max_minutes: float) -> Any:
-    """Stop training (and save) once `max_minutes` of wall time have passed: CPU runs fit a budget."""
+def fit_schedule(scheduler: Any, name: str, warmup_steps: int, horizon: int) -> None:
+    """Make a running LR scheduler follow a `horizon`-step schedule of type `name` from now on.
+
+    The learning-rate functions of transformers' schedulers depend only on the step, so a scheduler of
+    the new horizon built over a stand-in optimizer lends its functions to the running one (the
+    optimizer's state and the step count are untouched)."""
+    import torch
+    from transformers import get_scheduler
+
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": g.get("initial_lr", g["lr"])}
+              for g in scheduler.optimizer.param_groups]
+    stand_in = get_scheduler(name, torch.optim.SGD(groups, lr=1.0), num_warmup_steps=warmup_steps,
+                             num_training_steps=max(1, horizon))
+    scheduler.lr_lambdas = list(stand_in.lr_lambdas)
+
+
+class StepBudget:
+    """How many steps fit in `max_minutes`, measured on the run itself: steps 2..`measure_after` are timed
+    (step 1 pays one-off start-up costs) and the rest of the budget divided by their mean."""
+
+    def __init__(self, max_minutes: float, measure_after: int = 3):
+        self.seconds, self.measure_after = max_minutes * 60, measure_after
+        self.start = time.perf_counter()
+        self.after_first: float | None = None
+
+    def out_of_time(self) -> bool:
+        return time.perf_counter() - self.start > self.seconds
+
+    def horizon(self, step: int, planned: int) -> int | None:
+        """At step `measure_after`: the steps that fit (at most `planned`); None at other steps."""
+        now = time.perf_counter()
+        if step == 1:
+            self.after_first = now
+        if step != self.measure_after or self.after_first is None:
+            return None
+        per_step = (now - self.after_first) / (step - 1)
+        fits = step + int(max(0.0, self.seconds - (now - self.start)) / max(per_step, 1e-9))
+        return max(step + 1, min(planned, fits))
+
+
+def make_time_budget_callback(max_minutes: float, scheduler_name: str | None = None) -> Any:
+    """Stop training (and save) once `max_minutes` of wall time have passed, and — so a budget does not
+    cut a schedule planned for more steps (a cosine planned for 64 steps and stopped at 17) — refit the
+    LR schedule to the steps that fit, measured after the first few steps (`StepBudget`)."""
     from transformers import TrainerCallback
 
     class TimeBudget(TrainerCallback):
-        start: float | None = None
+        budget: StepBudget | None = None
 
         def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001
-            self.start = time.perf_counter()
+            self.budget = StepBudget(max_minutes)
 
-        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
-            if self.start is not None and time.perf_counter() - self.start > max_minutes * 60:
+        def on_step_end(self, args, state, control, lr_scheduler=None, **kw):  # noqa: ANN001
+            if self.budget is None:
+                return
+            horizon = self.budget.horizon(state.global_step, state.max_steps)
+            if horizon is not None and horizon < state.max_steps and scheduler_name and lr_scheduler is not None:
+                fit_schedule(lr_scheduler, scheduler_name, args.get_warmup_steps(horizon), horizon)
+                state.planned_steps = horizon  # noqa: B010 - read by the run record
+                print(f"[mathrl] {max_minutes:g}-minute budget: {horizon} of {state.max_steps} steps fit; "
+                      f"the {scheduler_name} schedule now spans {horizon} steps", flush=True)
+            if self.budget.out_of_time():
                 control.should_training_stop = True
                 control.should_save = True
 

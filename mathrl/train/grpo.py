@@ -232,7 +232,7 @@ def build_trainer(cfg: GRPORunConfig) -> tuple[Any, list[Sample], dict[str, Any]
                  "kl", "entropy", "loss")
     callbacks = [make_alarm_callback(cfg.alarm_window), common.make_log_callback(cfg.output_dir, plot_keys)]
     if cfg.max_minutes:
-        callbacks.append(common.make_time_budget_callback(cfg.max_minutes))
+        callbacks.append(common.make_time_budget_callback(cfg.max_minutes, cfg.lr_scheduler))
     kwargs = dict(model=model, args=args, train_dataset=dataset, reward_funcs=reward_funcs, processing_class=tokenizer,
                   peft_config=peft_config, callbacks=callbacks)
     unsupported = fast_path_supported() if cfg.fast and not vllm else None
@@ -265,6 +265,7 @@ def run_grpo(cfg: GRPORunConfig) -> dict[str, Any]:
     record = {
         "trainer": "grpo", "config": asdict(cfg), "base_model": info, "num_prompts": len(samples),
         "train_seconds": round(train_seconds, 1), "global_step": trainer.state.global_step,
+        "planned_steps": getattr(trainer.state, "planned_steps", trainer.state.max_steps),
         "train_loss": round(result.training_loss, 4),
         "seconds_per_step": round(train_seconds / max(1, trainer.state.global_step), 2) if not checkpoint else None,
         "reward_first": steps[0]["reward"] if steps else None, "reward_last": steps[-1]["reward"] if steps else None,

@@ -287,6 +287,8 @@ def run_ppo(cfg: PPORunConfig) -> dict[str, Any]:
     samples_log = JsonlAppender(out / "completions.jsonl") if cfg.log_completions and main else None
     rows: list[dict[str, Any]] = [r for r in common.read_log(log_path) if "reward" in r]
     began, step = time.perf_counter(), start_step
+    budget = common.StepBudget(cfg.max_minutes) if cfg.max_minutes else None
+    planned = cfg.max_steps
     bar = tqdm(total=cfg.max_steps, initial=start_step, desc="ppo", unit="step", disable=not main, dynamic_ncols=True)
     while step < cfg.max_steps:
         t0 = time.perf_counter()
@@ -317,7 +319,14 @@ def run_ppo(cfg: PPORunConfig) -> dict[str, Any]:
                                     for p, c, r in zip(*texts)])
         bar.update(1)
         bar.set_postfix(reward=f"{row['reward']:.3f}", kl=f"{row.get('kl', 0.0):.3f}")
-        out_of_time = cfg.max_minutes is not None and time.perf_counter() - began > cfg.max_minutes * 60
+        horizon = budget.horizon(step - start_step, cfg.max_steps - start_step) if budget else None
+        if horizon is not None and start_step + horizon < cfg.max_steps:
+            # the schedule follows the steps that fit in the budget, not the max_steps it was built for
+            planned = start_step + horizon
+            common.fit_schedule(scheduler, cfg.lr_scheduler, cfg.warmup_steps * updates_per_step, planned * updates_per_step)
+            if main:
+                print(f"[mathrl] {cfg.max_minutes:g}-minute budget: {planned} of {cfg.max_steps} steps fit", flush=True)
+        out_of_time = budget is not None and budget.out_of_time()
         if main and (step % cfg.save_steps == 0 or out_of_time or step == cfg.max_steps):
             save_checkpoint(out, step, unwrapped, optimizer, scheduler, cfg.save_total_limit)
         accelerator.wait_for_everyone()
@@ -327,7 +336,7 @@ def run_ppo(cfg: PPORunConfig) -> dict[str, Any]:
     train_seconds = time.perf_counter() - began
     record = {
         "trainer": "ppo", "config": asdict(cfg), "base_model": info, "num_prompts": len(samples),
-        "train_seconds": round(train_seconds, 1), "global_step": step,
+        "train_seconds": round(train_seconds, 1), "global_step": step, "planned_steps": planned,
         "seconds_per_step": round(train_seconds / max(1, step - start_step), 2),
         "reward_first": rows[0]["reward"] if rows else None, "reward_last": rows[-1]["reward"] if rows else None,
         "alarms": [r["alarm"] for r in rows if "alarm" in r], "resumed_from": checkpoint,

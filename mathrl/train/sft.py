@@ -175,7 +175,7 @@ def build_trainer(cfg: SFTRunConfig) -> tuple[Any, list[Sample], dict[str, Any],
         peft_config = common.lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
     callbacks = [common.make_log_callback(out, ("loss", "learning_rate", "grad_norm"))]
     if cfg.max_minutes:
-        callbacks.append(common.make_time_budget_callback(cfg.max_minutes))
+        callbacks.append(common.make_time_budget_callback(cfg.max_minutes, cfg.lr_scheduler))
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config,
                          callbacks=callbacks)
     return trainer, samples, info, new_tokens
@@ -198,6 +198,7 @@ def run_sft(cfg: SFTRunConfig) -> dict[str, Any]:
     record = {
         "config": asdict(cfg), "base_model": info, "added_tokens": new_tokens, "num_samples": len(samples),
         "train_seconds": round(train_seconds, 1), "global_step": trainer.state.global_step,
+        "planned_steps": getattr(trainer.state, "planned_steps", trainer.state.max_steps),
         "train_loss": round(result.training_loss, 4), "train_tokens": None, "tokens_per_second": None,
         "resumed_from": checkpoint, "versions": library_versions(),
     }

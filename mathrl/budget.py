@@ -1,0 +1,243 @@
+"""Budget-aware experiments: calibrate this machine for a few seconds, size the training stages to fit a
+wall-clock budget, print the plan with its estimate, and record both.
+
+`mathrl run FILE --budget 20m` (or `budget: 20m` in the experiment) measures, on the experiment's base
+model at the planned shapes, (a) decoding tokens/s at the evaluation batch size and (b) a training
+step's tokens/s, then:
+
+1. estimates every evaluation: questions × expected completion tokens ÷ decode rate, where a model
+   that was not trained here is expected to use its whole `max_new_tokens` (base models ramble) and a
+   trained one the mean length of the solutions it was trained on (× 1.3);
+2. gives what is left (less a fixed overhead per stage for loading models) to the training stages, in
+   proportion to their `budget_share` (default: equal shares);
+3. turns each allocation into steps (SFT: sequences per step × mean training length ÷ training rate;
+   GRPO/PPO: generation of prompts × completions at the decode rate plus the training pass), sets
+   `max_steps` to them — so learning-rate schedules span the planned horizon — and `max_minutes` to the
+   allocation plus 15% as a safety cap (the trainers then refit the schedule if the cap binds).
+
+The plan is written to runs/<experiment>/plan.json and reused by a rerun with the same budget, so the
+stages' settings (and cache keys) stay fixed. Simplified, and stated: no re-planning between stages;
+the rates are those of the base model (a trained model of the same size runs at the same speed);
+GRPO completions are assumed to be as long as the SFT solutions × 1.5 (capped at the maximum).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, asdict
+from pathlib import Path
+from typing import Any
+
+from mathrl.errors import MathrlError
+from mathrl.files import atomic_write_json
+
+STAGE_OVERHEAD_S = 8.0  # loading a model and tokenizer, writing outputs: measured 4-10 s for the 135M model
+REPORT_OVERHEAD_S = 15.0
+
+
+def parse_duration(text: str | float | int) -> float:
+    """'20m', '90s', '1h', '1h30m' or a number of minutes → seconds."""
+    if isinstance(text, (int, float)):
+        return float(text) * 60
+    m = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*", str(text))
+    if not m or not any(m.groups()):
+        raise MathrlError(f"budget {text!r}: expected e.g. 20m, 90s, 1h30m")
+    h, mins, s = (float(g or 0) for g in m.groups())
+    return h * 3600 + mins * 60 + s
+
+
+@dataclass
+class Calibration:
+    """Rates measured on this machine, with what they were measured on."""
+
+    model: str
+    dtype: str
+    cpu_flags: str
+    decode_tokens_per_s: float  # generated tokens/s at `decode_batch` rows (prefill included)
+    decode_batch: int
+    train_tokens_per_s: float  # tokens/s of forward + backward + optimizer step
+    train_batch: int
+    seconds: float
+
+
+def cpu_flags() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    found = sorted(set(re.findall(r"\b(avx512_bf16|amx_bf16|avx512f|avx2)\b", text)))
+    return " ".join(found) or "none of avx2/avx512"
+
+
+def calibrate(model_name: str, prompts: list[str], train_texts: list[str], dtype: str = "auto",
+              decode_batch: int = 32, train_batch: int = 4) -> Calibration:
+    """A few seconds of measurement: one batch of 16 decode steps and one training step."""
+    import torch
+
+    from mathrl import models
+    from mathrl.decoding import DecodingSettings
+    from mathrl.generation import HFGenerator
+
+    t0 = time.perf_counter()
+    model, tok, info = models.load_model(model_name, dtype)
+    rows = (prompts * decode_batch)[:decode_batch]
+    gen = HFGenerator(model, tok, batch_size=decode_batch, progress=False, segment_tokens=16)
+    gen.generate(rows[:2], DecodingSettings(max_new_tokens=2))  # warm-up
+    start = time.perf_counter()
+    outs = gen.generate(rows, DecodingSettings(max_new_tokens=16))
+    decode_s = time.perf_counter() - start
+    generated = max(1, sum(c[0].num_tokens for c in outs))
+    # a training step at the planned shapes, on the model in fp32 master weights (as the trainers do)
+    train_model, _, _ = models.load_model(model_name, "fp32" if dtype == "auto" else dtype)
+    train_model.train()
+    texts = (train_texts * train_batch)[:train_batch]
+    batch = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(train_model.device)
+    optimizer = torch.optim.AdamW(train_model.parameters(), lr=1e-9)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if info["dtype"] == "bfloat16" else torch.autocast("cpu", enabled=False)
+    for _ in range(2):  # the first step allocates optimizer state
+        start = time.perf_counter()
+        with autocast:
+            loss = train_model(**batch, labels=batch["input_ids"]).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        train_s = time.perf_counter() - start
+    tokens = int(batch["attention_mask"].sum())
+    return Calibration(model=model_name, dtype=info["dtype"], cpu_flags=cpu_flags(),
+                       decode_tokens_per_s=round(generated / decode_s, 2), decode_batch=decode_batch,
+                       train_tokens_per_s=round(tokens / train_s, 2), train_batch=train_batch,
+                       seconds=round(time.perf_counter() - t0, 1))
+
+
+def _sizes(stage: Any) -> dict[str, Any]:
+    return stage.config.__dict__ if stage.config is not None else stage.settings
+
+
+def eval_seconds(stage: Any, cal: Calibration, trained_len: float | None, n_default: int) -> float:
+    s = _sizes(stage)
+    n = (s.get("limit") or n_default) * s.get("num_samples", 1)
+    per = s.get("max_new_tokens", 512) if trained_len is None else min(s.get("max_new_tokens", 512), 1.3 * trained_len)
+    return STAGE_OVERHEAD_S + n * per / cal.decode_tokens_per_s
+
+
+def step_seconds(stage: Any, cal: Calibration, prompt_len: float, solution_len: float) -> float:
+    s = _sizes(stage)
+    if stage.kind == "sft":
+        return s.get("batch_size", 16) * s.get("grad_accum", 1) * (prompt_len + solution_len + 1) / cal.train_tokens_per_s
+    per_prompt = s.get("num_generations", 8) if stage.kind == "grpo" else s.get("rollouts_per_prompt", 1)
+    rows = s.get("prompts_per_step", 4) * per_prompt
+    completion = min(s.get("max_completion_length", 256), 1.5 * solution_len)
+    generate = rows * completion / cal.decode_tokens_per_s
+    passes = s.get("ppo_epochs", 1) + 1 if stage.kind == "ppo" else s.get("num_iterations", 1)
+    return generate + passes * rows * (prompt_len + completion) / cal.train_tokens_per_s
+
+
+def make_plan(stages: list[Any], budget_s: float, cal: Calibration, prompt_len: float, solution_len: float,
+              n_questions: int) -> dict[str, Any]:
+    """Allocate `budget_s` (see the module docstring); every stage gets an estimate in seconds."""
+    trained = {st.name for st in stages if st.kind != "eval"}
+    evals = {st.name: eval_seconds(st, cal, solution_len if st.deps and st.deps[0] in trained else None, n_questions)
+             for st in stages if st.kind == "eval"}
+    training = [st for st in stages if st.kind != "eval"]
+    left = budget_s - cal.seconds - REPORT_OVERHEAD_S - sum(evals.values()) - STAGE_OVERHEAD_S * len(training)
+    shares = {st.name: float(getattr(st, "budget_share", None) or 1.0) for st in training}
+    total_share = sum(shares.values()) or 1.0
+    plan: dict[str, Any] = {}
+    for st in stages:
+        if st.kind == "eval":
+            plan[st.name] = {"kind": "eval", "estimate_s": round(evals[st.name], 1)}
+            continue
+        alloc = left * shares[st.name] / total_share
+        per_step = step_seconds(st, cal, prompt_len, solution_len)
+        steps = int(alloc // per_step)
+        if steps < 1:
+            raise MathrlError(f"budget {budget_s / 60:.1f} min leaves {alloc:.0f} s for stage {st.name!r}, less than "
+                              f"one of its steps (~{per_step:.0f} s here); raise the budget or shrink the evaluations")
+        plan[st.name] = {"kind": st.kind, "allocation_s": round(alloc, 1), "step_s": round(per_step, 2),
+                         "max_steps": steps, "max_minutes": round(alloc * 1.15 / 60, 2),
+                         "estimate_s": round(STAGE_OVERHEAD_S + steps * per_step, 1)}
+    estimate = cal.seconds + REPORT_OVERHEAD_S + sum(p["estimate_s"] for p in plan.values())
+    return {"budget_s": budget_s, "estimate_s": round(estimate, 1), "calibration": asdict(cal),
+            "prompt_tokens": round(prompt_len, 1), "solution_tokens": round(solution_len, 1), "stages": plan}
+
+
+def _data_shapes(stages: list[Any]) -> tuple[str, list[str], list[str], float, float, int]:
+    """(base model, eval prompts, training texts, mean prompt tokens, mean solution tokens, test questions)
+    from the first training stage's task and protocol (tokenizer only: no model is loaded)."""
+    from mathrl import formats, models
+    from mathrl.decoding import encode_prompts
+    from mathrl.tasks import get_task
+
+    first = next((st for st in stages if st.kind != "eval"), None)
+    if first is None or first.config is None:
+        raise MathrlError("a budget needs at least one training stage whose settings are valid")
+    cfg = first.config
+    base = next((st.config.model for st in stages if st.kind == "eval" and not st.deps), cfg.model)
+    task = get_task(cfg.task, cfg.task_config, data_dir=cfg.data_dir, **cfg.task_args)
+    protocol = cfg.protocol()
+    fmt = protocol.resolved_format()
+    tok = models.load_tokenizer(models.resolve(base)[0])
+    train = [s for s in task.load_train()[:64] if s.solution]
+    if not train:
+        raise MathrlError(f"task {cfg.task!r} has no worked solutions to size the plan with")
+    prompts = [formats.build_prompt(s.question, protocol, tok) for s in train]
+    solutions = [fmt.render(s.solution, s.answer) for s in train]
+    p_len = sum(map(len, encode_prompts(tok, prompts))) / len(prompts)
+    s_len = sum(len(ids) for ids in tok(solutions, add_special_tokens=False)["input_ids"]) / len(solutions)
+    n_test = len(task.load_test())
+    return base, prompts, [p + s for p, s in zip(prompts, solutions)], p_len, s_len, n_test
+
+
+def plan_experiment(stages: list[Any], budget_s: float, exp_dir: Path, console: Any, replan: bool = False) -> dict[str, Any]:
+    """The plan for these stages: reused from exp_dir/plan.json when made for the same budget, else
+    calibrated and written there."""
+    path = exp_dir / "plan.json"
+    if path.exists() and not replan:
+        saved = json.loads(path.read_text())
+        if saved.get("budget_s") == budget_s and set(saved.get("stages", {})) == {st.name for st in stages}:
+            return saved
+    base, prompts, texts, p_len, s_len, n_test = _data_shapes(stages)
+    evals = [st for st in stages if st.kind == "eval"]
+    batch = _sizes(evals[0]).get("batch_size", 32) if evals else 32
+    console.print(f"[dim]calibrating {base} on this machine ({cpu_flags()}) ...[/dim]")
+    cal = calibrate(base, prompts, texts, decode_batch=batch)
+    plan = make_plan(stages, budget_s, cal, p_len, s_len, n_test)
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, plan)
+    return plan
+
+
+def apply_plan(stages: list[Any], plan: dict[str, Any]) -> None:
+    """Put the planned max_steps / max_minutes into the training stages' settings."""
+    for st in stages:
+        entry = plan["stages"].get(st.name, {})
+        if st.kind != "eval" and "max_steps" in entry:
+            st.settings["max_steps"] = entry["max_steps"]
+            st.settings["max_minutes"] = entry["max_minutes"]
+
+
+def print_budget(plan: dict[str, Any], console: Any) -> None:
+    from rich.table import Table
+
+    cal = plan["calibration"]
+    table = Table(title=f"plan for a {plan['budget_s'] / 60:.1f}-minute budget: estimated {plan['estimate_s'] / 60:.1f} min",
+                  caption=f"calibrated in {cal['seconds']} s on {cal['cpu_flags']} ({cal['dtype']}): decode "
+                          f"{cal['decode_tokens_per_s']} tok/s at batch {cal['decode_batch']}, training "
+                          f"{cal['train_tokens_per_s']} tok/s; prompts ~{plan['prompt_tokens']} tok, solutions "
+                          f"~{plan['solution_tokens']} tok")
+    for col in ("stage", "kind", "steps", "s/step", "estimate"):
+        table.add_column(col, overflow="fold")
+    for name, e in plan["stages"].items():
+        table.add_row(name, e["kind"], str(e.get("max_steps", "")), str(e.get("step_s", "")), f"{e['estimate_s']:.0f} s")
+    console.print(table)
+
+
+def report_actual(plan: dict[str, Any], wall_s: float, console: Any) -> dict[str, Any]:
+    """The plan's estimate against the wall time it took."""
+    ratio = wall_s / plan["estimate_s"] if plan["estimate_s"] else math.nan
+    console.print(f"budget: estimated {plan['estimate_s'] / 60:.1f} min, took {wall_s / 60:.1f} min "
+                  f"({(ratio - 1) * 100:+.0f}% vs the estimate)")
+    return {"estimate_s": plan["estimate_s"], "wall_s": round(wall_s, 1), "ratio": round(ratio, 3)}

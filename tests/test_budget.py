@@ -1,0 +1,97 @@
+"""Budget-aware experiments: durations, the plan's arithmetic, and `mathrl run --budget` on the tiny model."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from rich.console import Console
+
+from mathrl import budget
+from mathrl.errors import MathrlError
+from mathrl.experiment import load_experiments, rebuild
+from mathrl.runner import run_file
+
+EVAL = {"limit": 4, "max_new_tokens": 8, "batch_size": 4, "backend": "hf", "progress": False}
+
+
+def experiment(model_dir: Path) -> dict:
+    return {
+        "defaults": {"model": str(model_dir), "task": "arithmetic", "task_config": "1", "dtype": "fp32"},
+        "stages": {
+            "sft": {"kind": "sft", "num_samples": 16, "batch_size": 4, "save_steps": 1000, "budget_share": 3},
+            "grpo": {"kind": "grpo", "from": "sft", "num_samples": 8, "prompts_per_step": 2, "num_generations": 2,
+                     "max_completion_length": 8, "save_steps": 1000},
+        },
+        "eval": {"models": ["base", "sft", "grpo"], **EVAL},
+    }
+
+
+def write(path: Path, exp: dict) -> Path:
+    path.write_text(yaml.safe_dump({"experiments": {"tiny": exp}}, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize("text, seconds", [("20m", 1200), ("90s", 90), ("1h30m", 5400), (2, 120), ("1.5m", 90)])
+def test_parse_duration(text, seconds):
+    assert budget.parse_duration(text) == seconds
+
+
+def test_bad_duration_is_one_line():
+    with pytest.raises(MathrlError, match="budget 'soon'"):
+        budget.parse_duration("soon")
+
+
+def fake_calibration(decode=50.0, train=100.0) -> budget.Calibration:
+    return budget.Calibration(model="m", dtype="float32", cpu_flags="avx2", decode_tokens_per_s=decode, decode_batch=4,
+                              train_tokens_per_s=train, train_batch=4, seconds=3.0)
+
+
+def test_plan_fills_the_budget_by_share_and_sets_the_horizon(tiny_model_dir, tmp_path):
+    stages = load_experiments(write(tmp_path / "e.yaml", experiment(tiny_model_dir)), tmp_path / "runs")["tiny"]
+    plan = budget.make_plan(stages, 600, fake_calibration(), prompt_len=40, solution_len=10, n_questions=300)
+    sft, grpo = plan["stages"]["sft"], plan["stages"]["grpo"]
+    assert sft["allocation_s"] == pytest.approx(3 * grpo["allocation_s"], abs=0.2)  # budget_share 3 : 1
+    assert sft["max_steps"] == int(sft["allocation_s"] // sft["step_s"])
+    assert sft["step_s"] == pytest.approx(4 * (40 + 10 + 1) / 100.0)  # batch x tokens / training rate
+    # base eval: 4 questions x the whole max_new_tokens; trained models: 1.3 x the solution length
+    assert plan["stages"]["eval/base/arithmetic.1-gsm8k-chat-0shot"]["estimate_s"] == pytest.approx(budget.STAGE_OVERHEAD_S + 4 * 8 / 50, abs=0.1)
+    assert plan["estimate_s"] <= 600 and plan["estimate_s"] > 0.9 * 600
+    keys = {st.name: st.key for st in stages}
+    budget.apply_plan(stages, plan)
+    rebuild(stages, "test")
+    by_name = {st.name: st for st in stages}
+    assert by_name["sft"].config.max_steps == sft["max_steps"]
+    assert by_name["sft"].config.max_minutes == pytest.approx(sft["allocation_s"] * 1.15 / 60, abs=0.01)
+    assert by_name["sft"].key != keys["sft"] and by_name["grpo"].key != keys["grpo"]  # settings changed: new keys
+
+
+def test_a_budget_too_small_for_one_step_is_refused(tiny_model_dir, tmp_path):
+    stages = load_experiments(write(tmp_path / "e.yaml", experiment(tiny_model_dir)), tmp_path / "runs")["tiny"]
+    with pytest.raises(MathrlError, match="less than one of its steps"):
+        budget.make_plan(stages, 60, fake_calibration(decode=1.0), prompt_len=40, solution_len=10, n_questions=300)
+
+
+def test_bad_budget_share_is_refused(tiny_model_dir, tmp_path):
+    exp = experiment(tiny_model_dir)
+    exp["stages"]["sft"]["budget_share"] = "lots"
+    with pytest.raises(MathrlError, match="budget_share must be a positive number"):
+        load_experiments(write(tmp_path / "e.yaml", exp), tmp_path / "runs")
+
+
+def test_dry_run_with_a_budget_calibrates_prints_and_keeps_the_plan(tiny_model_dir, tmp_path):
+    path = write(tmp_path / "e.yaml", experiment(tiny_model_dir))
+    buf = io.StringIO()
+    run_file(path, runs_dir=tmp_path / "runs", dry_run=True, budget="3m", console=Console(file=buf, width=250))
+    text = buf.getvalue()
+    assert "plan for a 3.0-minute budget" in text and "calibrated in" in text
+    plan = json.loads((tmp_path / "runs" / "tiny" / "plan.json").read_text())
+    assert plan["calibration"]["decode_tokens_per_s"] > 0 and plan["calibration"]["train_tokens_per_s"] > 0
+    assert plan["stages"]["sft"]["max_steps"] >= 1
+    # a rerun with the same budget reuses the plan (same settings, same cache keys)
+    buf2 = io.StringIO()
+    run_file(path, runs_dir=tmp_path / "runs", dry_run=True, budget="3m", console=Console(file=buf2, width=250))
+    assert "calibrating" not in buf2.getvalue() and json.loads((tmp_path / "runs" / "tiny" / "plan.json").read_text()) == plan
