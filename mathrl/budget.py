@@ -191,9 +191,10 @@ def _data_shapes(stages: list[Any]) -> tuple[str, list[str], list[str], float, f
     return base, prompts, [p + s for p, s in zip(prompts, solutions)], p_len, s_len, n_test
 
 
-def plan_experiment(stages: list[Any], budget_s: float, exp_dir: Path, console: Any, replan: bool = False) -> dict[str, Any]:
+def plan_experiment(stages: list[Any], budget_s: float, exp_dir: Path, console: Any, replan: bool = False,
+                    write: bool = True) -> dict[str, Any]:
     """The plan for these stages: reused from exp_dir/plan.json when made for the same budget, else
-    calibrated and written there."""
+    calibrated (and written there unless `write` is False: a dry run writes nothing)."""
     path = exp_dir / "plan.json"
     if path.exists() and not replan:
         saved = json.loads(path.read_text())
@@ -205,8 +206,9 @@ def plan_experiment(stages: list[Any], budget_s: float, exp_dir: Path, console: 
     console.print(f"[dim]calibrating {base} on this machine ({cpu_flags()}) ...[/dim]")
     cal = calibrate(base, prompts, texts, decode_batch=batch)
     plan = make_plan(stages, budget_s, cal, p_len, s_len, n_test)
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, plan)
+    if write:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, plan)
     return plan
 
 

@@ -314,7 +314,8 @@ def run_file(path: str | Path, experiments: list[str] | None = None, *, only_eva
         if wanted_budget and not only_report:
             from mathrl import budget as budgets
 
-            plan = budgets.plan_experiment(stages, budgets.parse_duration(wanted_budget), exp_dir, console, replan)
+            plan = budgets.plan_experiment(stages, budgets.parse_duration(wanted_budget), exp_dir, console, replan,
+                                           write=not dry_run)
             budgets.apply_plan(stages, plan)
             rebuild(stages, str(path))
             budgets.print_budget(plan, console)

@@ -88,10 +88,12 @@ def test_dry_run_with_a_budget_calibrates_prints_and_keeps_the_plan(tiny_model_d
     run_file(path, runs_dir=tmp_path / "runs", dry_run=True, budget="3m", console=Console(file=buf, width=250))
     text = buf.getvalue()
     assert "plan for a 3.0-minute budget" in text and "calibrated in" in text
-    plan = json.loads((tmp_path / "runs" / "tiny" / "plan.json").read_text())
+    assert not (tmp_path / "runs").exists()  # a dry run writes nothing
+    stages = load_experiments(path, tmp_path / "runs")["tiny"]
+    plan = budget.plan_experiment(stages, 180, tmp_path / "runs" / "tiny", Console(file=io.StringIO()))
     assert plan["calibration"]["decode_tokens_per_s"] > 0 and plan["calibration"]["train_tokens_per_s"] > 0
     assert plan["stages"]["sft"]["max_steps"] >= 1
-    # a rerun with the same budget reuses the plan (same settings, same cache keys)
+    # a rerun with the same budget reuses the written plan (same settings, same cache keys)
     buf2 = io.StringIO()
     run_file(path, runs_dir=tmp_path / "runs", dry_run=True, budget="3m", console=Console(file=buf2, width=250))
     assert "calibrating" not in buf2.getvalue() and json.loads((tmp_path / "runs" / "tiny" / "plan.json").read_text()) == plan

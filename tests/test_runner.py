@@ -242,7 +242,13 @@ def test_missing_stage_kind_fails_only_its_stages(toy_kind, tmp_path, monkeypatc
 
 
 @pytest.mark.parametrize("path", sorted((REPO_ROOT / "configs" / "experiments").glob("*.yaml")), ids=lambda p: p.name)
-def test_shipped_experiment_files_dry_run(path, tmp_path):
+def test_shipped_experiment_files_dry_run(path, tmp_path, monkeypatch):
+    from mathrl import budget
+
+    # files with a budget calibrate their base model; the plan's arithmetic is tested in test_budget.py
+    monkeypatch.setattr(budget, "calibrate", lambda model, *a, **k: budget.Calibration(
+        model, "float32", "avx2", decode_tokens_per_s=60.0, decode_batch=32, train_tokens_per_s=50.0, train_batch=4,
+        seconds=20.0))
     buf = io.StringIO()
     results = run_file(path, runs_dir=tmp_path, dry_run=True, console=Console(file=buf, width=250))
     assert results
