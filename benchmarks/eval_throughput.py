@@ -29,23 +29,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from machine import cpu_name, machine_busy_seconds
+from machine import Contention, cpu_name
 
 
-
-
-class Contention:
-    """How many cores other processes kept busy while a block ran: (machine busy - own CPU) / wall."""
-
-    def __enter__(self) -> "Contention":
-        self.busy, self.own, self.t = machine_busy_seconds(), time.process_time(), time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        busy = machine_busy_seconds()
-        wall = time.perf_counter() - self.t
-        own = time.process_time() - self.own
-        self.other_cores = None if busy is None or self.busy is None else round(max(0.0, busy - self.busy - own) / wall, 2)
 
 
 def load_questions(args: argparse.Namespace) -> list[str]:

@@ -36,6 +36,7 @@ def sft(
     save_steps: Optional[int] = typer.Option(None), seed: Optional[int] = typer.Option(None),
     report_to: Optional[str] = typer.Option(None, help="none, tensorboard, trackio or wandb."),
     merge: Optional[bool] = typer.Option(None, "--merge/--no-merge", help="LoRA: also write merged weights."),
+    fast: Optional[bool] = typer.Option(None, "--fast/--stock", help="mathrl's shared-prefix trainer, or stock TRL."),
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in --output-dir."),
     output_dir: Optional[str] = typer.Option(None, help="Where the model, log and curves go."),
 ) -> None:
@@ -48,7 +49,8 @@ def sft(
                      chat_template=chat_template, loss=loss, method=method, stage=stage, num_samples=num_samples,
                      epochs=epochs, max_steps=max_steps, max_minutes=max_minutes, learning_rate=lr, batch_size=batch_size, grad_accum=grad_accum,
                      lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=targets, dtype=dtype, save_steps=save_steps,
-                     seed=seed, report_to=report_to, merge=merge, resume=resume or None, output_dir=output_dir)
+                     seed=seed, report_to=report_to, merge=merge, fast=fast, resume=resume or None,
+                     output_dir=output_dir)
     if task_arg:
         overrides["task_args"] = parse_kv(task_arg, "--task-arg")
     cfg = cfgmod.resolve(SFTRunConfig, config, overrides)

@@ -77,12 +77,13 @@ def test_lora_merge_matches_adapter_logits(tiny_model_dir, tmp_path):
     cfg = make_cfg(tiny_model_dir, tmp_path, method="lora", lora_r=4, lora_alpha=8, max_steps=3,
                    learning_rate=1e-2, format="tags", merge=True)
     record = run_sft(cfg)
-    assert record["added_tokens"]  # <SOLUTION> etc. were not single tokens in the tiny vocabulary
+    # LoRA keeps the markers as text the base vocabulary spells (no resized embeddings to train)
+    assert record["added_tokens"] == []
     out = tmp_path / "out"
     adapter_model, tok, _ = load_model(str(out / "adapter"), dtype="fp32", device="cpu")
     merged_model, tok2, _ = load_model(str(out), dtype="fp32", device="cpu")
     base_model, _, _ = load_model(str(tiny_model_dir), dtype="fp32", device="cpu")
-    assert len(tok) == len(tok2) and "<SOLUTION>" in tok.get_vocab()
+    assert len(tok) == len(tok2) and "<SOLUTION>" not in tok.get_vocab()
     ids = tok("What is 12 + 30? <SOLUTION>42</SOLUTION>", return_tensors="pt").input_ids
     base_ids = ids.clamp(max=base_model.config.vocab_size - 1)
     with torch.no_grad():

@@ -100,6 +100,12 @@ _OVERRIDDEN = {
 def fast_path_supported() -> str | None:
     """None when the installed TRL has the private methods FastGRPOTrainer overrides, with the tested
     signatures; else the reason (then stock GRPOTrainer runs)."""
+    return trl_mismatch(GRPOTrainer, _OVERRIDDEN)
+
+
+def trl_mismatch(cls: type, overridden: dict[str, list[str]]) -> str | None:
+    """None when the installed TRL is in TESTED_TRL and `cls` has each method of `overridden` with exactly
+    those parameters; else the reason."""
     import inspect
 
     import trl
@@ -108,11 +114,31 @@ def fast_path_supported() -> str | None:
     version = Version(trl.__version__)
     if not (Version(TESTED_TRL[0][2:]) <= version < Version(TESTED_TRL[1][1:])):
         return f"TRL {trl.__version__} is outside the tested range {','.join(TESTED_TRL)}"
-    for name, params in _OVERRIDDEN.items():
-        method = getattr(GRPOTrainer, name, None)
+    for name, params in overridden.items():
+        method = getattr(cls, name, None)
         got = list(inspect.signature(method).parameters) if method else None
         if got != params:
-            return f"TRL {trl.__version__}'s GRPOTrainer.{name} has signature {got}, not the tested {params}"
+            return f"TRL {trl.__version__}'s {cls.__name__}.{name} has signature {got}, not the tested {params}"
+    return None
+
+
+def plain_model_blocker(trainer: Any, model: Any) -> str | None:
+    """Why a hand-run backbone + plain LM-head projection would not compute what TRL's own pass does
+    (None when it would). Shared by the GRPO and SFT fast paths."""
+    lm = unwrap_causal_lm(model)
+    cfg = lm.config.get_text_config()
+    # Activation checkpointing in a grad-enabled training pass makes transformers drop past_key_values,
+    # which the shared-prompt pass needs (found on a GPU run, where checkpointing is on by default).
+    name = "is_activation_checkpointing" if hasattr(lm, "is_activation_checkpointing") else "is_gradient_checkpointing"
+    if getattr(lm, name, False) and lm.training and torch.is_grad_enabled():
+        return "activation checkpointing"
+    if weights_sharded(trainer):  # FSDP / ZeRO-3 gather sharded weights around the wrapped model's forward
+        return "sharded weights (FSDP / ZeRO-3)"
+    scaled = [a for a in _SCALED_HEAD if getattr(cfg, a, None) not in (None, 1.0)]
+    if scaled:
+        return f"scaled LM head ({scaled[0]})"
+    if getattr(trainer.args, "cast_lm_head_to_fp32", False):
+        return "cast_lm_head_to_fp32"
     return None
 
 
@@ -150,17 +176,8 @@ class FastGRPOTrainer(GRPOTrainer):
         self.eos_token_ids = eos_token_ids(self._tokenizer, unwrap_causal_lm(self.model))
 
     def _fast_path_ok(self, model: Any, compute_aux_loss: bool, extra: dict[str, Any]) -> bool:
-        lm = unwrap_causal_lm(model)
-        cfg = lm.config.get_text_config()
-        # Activation checkpointing in a grad-enabled training pass makes transformers drop past_key_values,
-        # which the shared-prompt pass needs (found on a GPU run, where checkpointing is on by default).
-        name = "is_activation_checkpointing" if hasattr(lm, "is_activation_checkpointing") else "is_gradient_checkpointing"
-        checkpointing = getattr(lm, name, False)
-        checkpointing = checkpointing and lm.training and torch.is_grad_enabled()
-        # FSDP / ZeRO-3 gather sharded weights around the wrapped model's forward: TRL's pass runs that
-        return (not compute_aux_loss and not checkpointing and not weights_sharded(self) and all(extra.get(k) is None for k in _MULTIMODAL)
-                and not any(getattr(cfg, a, None) not in (None, 1.0) for a in _SCALED_HEAD)
-                and not getattr(self.args, "cast_lm_head_to_fp32", False))
+        return (not compute_aux_loss and all(extra.get(k) is None for k in _MULTIMODAL)
+                and plain_model_blocker(self, model) is None)
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
                                            compute_entropy=False, compute_aux_loss=False, **extra):  # noqa: ANN001

@@ -3,6 +3,8 @@
 Training text is the task's worked solution rendered in the chosen output format after exactly the
 prompt that evaluation uses (`formats.build_prompt`), so training and evaluation cannot drift apart.
 TRL tokenizes prompt and completion, appends EOS and masks the prompt when `loss="completion"`.
+The trainer is TRL's SFTTrainer, or by default its subclass `sft_fast.FastSFTTrainer`, which computes
+the same loss and gradients running each batch's shared prompt prefix once and no padding.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ class SFTRunConfig(PromptSettings):
     logging_steps: int = 1
     seed: int = 42
     report_to: str = field(default="none", metadata={"help": "none | tensorboard | trackio | wandb"})
+    fast: bool = field(default=True, metadata={"help": "run each batch's shared prompt prefix once, skip padding "
+                                                       "(FastSFTTrainer: TRL's loss and gradients); False: stock TRL"})
     merge: bool = field(default=False, metadata={"help": "LoRA: also write merged full weights"})
     resume: bool = False
     output_dir: str = "runs/sft"
@@ -135,12 +139,15 @@ def _load(cfg: SFTRunConfig) -> tuple[Any, Any, dict[str, Any]]:
 
 
 def build_trainer(cfg: SFTRunConfig) -> tuple[Any, list[Sample], dict[str, Any], list[str]]:
-    """(TRL SFTTrainer ready to train, training samples, base model info, format tokens added)."""
+    """(trainer ready to train: FastSFTTrainer, or TRL's SFTTrainer with fast=False; training samples;
+    base model info; format tokens added)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     from mathrl import models
+    from mathrl.distributed import is_main_process
     from mathrl.train import common
+    from mathrl.train.sft_fast import FastSFTTrainer, fast_path_supported
 
     cfg.validate()
     out = Path(cfg.output_dir)
@@ -176,8 +183,12 @@ def build_trainer(cfg: SFTRunConfig) -> tuple[Any, list[Sample], dict[str, Any],
     callbacks = [common.make_log_callback(out, ("loss", "learning_rate", "grad_norm"))]
     if cfg.max_minutes:
         callbacks.append(common.make_time_budget_callback(cfg.max_minutes, cfg.lr_scheduler))
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config,
-                         callbacks=callbacks)
+    unsupported = fast_path_supported() if cfg.fast else None
+    if unsupported and is_main_process():
+        print(f"warning: {unsupported}; running stock SFTTrainer (same loss, slower)", flush=True)
+    trainer_class = FastSFTTrainer if cfg.fast and not unsupported else SFTTrainer
+    trainer = trainer_class(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                            peft_config=peft_config, callbacks=callbacks)
     return trainer, samples, info, new_tokens
 
 
@@ -201,6 +212,8 @@ def run_sft(cfg: SFTRunConfig) -> dict[str, Any]:
         "planned_steps": getattr(trainer.state, "planned_steps", trainer.state.max_steps),
         "train_loss": round(result.training_loss, 4), "train_tokens": None, "tokens_per_second": None,
         "resumed_from": checkpoint, "versions": library_versions(),
+        # which compute_loss ran: FastSFTTrainer's counts (this process's micro-batches), or None for stock TRL
+        "fast_path": trainer.fast_path_record() if hasattr(trainer, "fast_path_record") else None,
     }
     if trainer.is_world_process_zero():  # the log is the main process's file
         tokens = max((r.get("num_tokens", 0) for r in common.read_log(out / "train_log.jsonl")), default=0)
