@@ -159,9 +159,9 @@ def test_select_shots_errors(tmp_path):
         select_shots(get_task("jsonl", path=str(path)), Protocol(shots=2), FORMATS["gsm8k"])
 
 
-def test_lm_eval_gsm8k_protocol(gsm8k_dir):
-    fields = preset("lm-eval-gsm8k")
-    assert fields is not formats.PROTOCOLS["lm-eval-gsm8k"]  # a copy: callers may edit it
+def test_lm_eval_gsm8k_first5_protocol(gsm8k_dir):
+    fields = preset("lm-eval-gsm8k-first5")
+    assert fields is not formats.PROTOCOLS["lm-eval-gsm8k-first5"]  # a copy: callers may edit it
     proto = Protocol(**fields)
     assert proto.shots == 5 and proto.chat_template is False and proto.shot_selection == "first"
     assert "Question:" in default_stop(proto)
