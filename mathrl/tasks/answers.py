@@ -3,8 +3,8 @@
 Each sample has one treatment (its `answer_type`), counted in summary.json:
 
 - ``number``: a numeric gold; mathrl's numeric grader (1e-6 relative tolerance).
-- ``math``: a LaTeX gold that is not a plain number (MATH); the format's marker is read raw
-  (``\\boxed{}`` with any nesting) and compared with math-verify.
+- ``math``: a MATH gold (LaTeX, or a number); the format's marker is read raw (``\\boxed{}`` with
+  any nesting) and compared numerically when both sides are plain numbers, else with math-verify.
 - ``text``: a textual gold (ASDiv ``Yes``, ``Mrs. Hilt``, ``3:30 p.m.``); normalised string match
   (`normalize_text`): case, dots, commas, quotes, ``*``/``$`` and a leading article are ignored, and
   an answer that starts with the gold followed by more words (``Yes, she can``) counts.
@@ -104,7 +104,9 @@ def raw_strict(fmt: Format, text: str | None) -> str | None:
     return _clean(found[0] if fmt.strict_take == "first" else found[-1]) or None
 
 
-def _raw_flexible(text: str | None, answer_type: str) -> str | None:
+def _raw_flexible(fmt: Format, text: str | None, answer_type: str) -> str | None:
+    """Flexible reading: the last \\boxed{} anywhere; for text the format's marker, else the last
+    line; for math the last number when nothing is boxed."""
     text = grading.answer_text(text)
     if not text:
         return None
@@ -115,8 +117,9 @@ def _raw_flexible(text: str | None, answer_type: str) -> str | None:
     if boxed:
         return _clean(boxed[-1])
     if answer_type == "text":
+        marked = raw_strict(fmt, text)
         lines = [line for line in text.splitlines() if line.strip()]
-        return _clean(lines[-1]) if lines else None
+        return marked or (_clean(lines[-1]) if lines else None)
     return grading.extract_flexible(text)
 
 
@@ -127,7 +130,7 @@ def extract(fmt: Format, text: str | None, kind: str, answer_type: str = "number
         return method(text)
     if answer_type != "no_answer" and _accepts(method):  # the extended grader, once it has landed
         return method(text, answer_type=answer_type)
-    return raw_strict(fmt, text) if kind == "strict" else _raw_flexible(text, answer_type)
+    return raw_strict(fmt, text) if kind == "strict" else _raw_flexible(fmt, text, answer_type)
 
 
 def match(pred: str | None, gold: str | None, answer_type: str = "number") -> bool:
@@ -139,6 +142,9 @@ def match(pred: str | None, gold: str | None, answer_type: str = "number") -> bo
     if answer_type == "number" or not _accepts(grading.answers_match):
         if answer_type == "text":
             return _text_match(pred, gold)
+        if answer_type == "math" and gold is not None and grading.is_plain_number(gold) and not grading.is_plain_number(pred):
+            # answers_match would compare the expression's first number ("\\sqrt{2}" → 2) with the gold
+            return grading._math_verify(pred, gold)  # noqa: SLF001 - until answers_match takes answer_type
         return grading.answers_match(pred, gold)  # numbers, and math via its math-verify fallback
     return grading.answers_match(pred, gold, answer_type=answer_type)
 

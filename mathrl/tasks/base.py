@@ -63,6 +63,18 @@ class Task:
     def extract_answer(self, text: str) -> str | None:
         return grading.extract_flexible(text)
 
+    def read_gold(self, value: Any) -> tuple[str, str] | None:
+        """(gold, answer type) of a gold answer as another harness wrote it ("#### 1,000", 18.0,
+        "\\sqrt{2}"), or None when there is none. Not a plain number: math (math-verify decides)."""
+        from mathrl.tasks.gsm8k import split_answer  # gsm8k imports this module
+
+        raw = grading.answer_text(value)
+        if not raw:
+            return None
+        final = split_answer(raw)[1]
+        text = final if final is not None else raw
+        return (grading.normalize(text) or text, "number") if grading.is_plain_number(text) else (text, "math")
+
     def sample_answer_type(self, sample: Sample) -> str:
         return sample.meta.get("answer_type", self.answer_type)
 

@@ -55,10 +55,13 @@ class GSM8K(Task):
                 )
             self.source = {"path": str(files[0])}
             return [(str(files[0]), n, row) for n, row in read_records(files[0])]
-        self.source = {"hub_id": HUB_ID, "hub_config": self.config, "hub_split": split}
+        self.source = {"hub": HUB_ID, "hub_split": split}
         rows = load_hub(HUB_ID, self.config, split, "gsm8k",
                         "point --data-dir or MATHRL_DATA_DIR at a directory with train.jsonl and test.jsonl")
         return [(HUB_ID, i + 1, row) for i, row in enumerate(rows)]
+
+    def describe(self) -> dict:
+        return super().describe() | {"hub_id": HUB_ID, "hub_configs": [self.config], "licence": "MIT"}
 
     def load_split(self, split: str) -> list[Sample]:
         samples = []

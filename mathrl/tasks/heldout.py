@@ -13,7 +13,7 @@ the last \\boxed{} of the reference solution, as lm-eval's hendrycks_math does);
 
 Gold answers are read by `answers.read_gold`: numbers (a bracketed unit dropped: ASDiv "9 (apples)")
 are `number`; ASDiv's and GSM-Plus's other golds are `text`; GSM-Plus's missing golds ("critical
-thinking" items) are `no_answer`; MATH golds that are not plain numbers are `math`. `--task-arg
+thinking" items) are `no_answer`; every MATH / MATH-500 gold is `math` (numbers included). `--task-arg
 exclude=text,no_answer` drops those kinds instead (counted in summary.json under treatments).
 
 Simplified: ids are the dataset's own id field where it has one, else the row position, so a local
@@ -167,7 +167,7 @@ class HeldoutTask(Task):
 
     def _gold(self, where: str, row: dict[str, Any]) -> tuple[str, str, str]:
         """(gold, answer type, the gold as the dataset writes it)."""
-        spec = self.spec
+        spec, gkey = self.spec, "solution"
         if spec.gold_from_solution:
             if not row.get("solution"):
                 raise MathrlError(f"{where}: missing field 'solution'")
@@ -181,16 +181,19 @@ class HeldoutTask(Task):
             raw = row[gkey]
             if gkey == "result" and not grading.is_plain_number(grading.answer_text(raw)) and "result_float" in row:
                 raw = row["result_float"]  # Calc-X writes some results as expressions; the float is the value
-        text = grading.answer_text(raw)
-        if spec.answer_type == "math":
-            if not text:
-                raise MathrlError(f"{where}: field 'answer' is empty")
-            # kept as written ("\\frac{5}{6}", not 0.833333): the numeric grader parses it exactly
-            return text, "number" if grading.is_plain_number(text) else "math", text
-        read = answers.read_gold(raw, text=spec.text_golds, none=spec.no_answer_golds)
+        read = self.read_gold(raw)
         if read is None:
-            raise MathrlError(f"{where}: gold answer {'is empty' if text == '' else repr(text[:40]) + ' is not a number'}")
-        return (*read, text)
+            text = grading.answer_text(raw)
+            raise MathrlError(f"{where}: field {gkey!r} {'is empty' if text == '' else repr(text[:40]) + ' is not a number'}")
+        return (*read, grading.answer_text(raw))
+
+    def read_gold(self, value: Any) -> tuple[str, str] | None:
+        if self.spec.answer_type == "math":
+            # kept as written ("\\frac{5}{6}", not 0.833333); numeric golds too are math: a prediction
+            # "\\sqrt{2}" must not be read as its first number when the gold is 2
+            text = grading.answer_text(value)
+            return (text, "math") if text else None
+        return answers.read_gold(value, text=self.spec.text_golds, none=self.spec.no_answer_golds)
 
     def load_split(self, split: str) -> list[Sample]:
         samples, self.excluded = [], {}
