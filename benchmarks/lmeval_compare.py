@@ -8,11 +8,11 @@ lm-eval runs from its own virtual environment (not mathrl's), given with --lmeva
 
 What it does, in --workdir (a fresh temp dir by default; nothing is written into the repo):
   1. writes an lm-eval task yaml with the settings of lm-eval's own tasks/gsm8k/gsm8k.yaml, except
-     that the data come from the local train/test jsonl (dataset_path: json) and, by default, the
-     5 shots are the first 5 train rows (fewshot_config.sampler: first_n). The stock gsm8k.yaml
-     has no fewshot_config, so lm-eval draws 5 random train rows per question (seeded); mathrl's
-     `lm-eval-gsm8k` preset uses the first 5. --sampler default keeps lm-eval's stock behaviour
-     (then the prompts differ and the comparison says so);
+     that the data come from the local train/test jsonl (dataset_path: json). --sampler default
+     (the default) keeps the stock shots: lm-eval draws 5 train rows per question with one seeded
+     Random(1234), which mathrl's `lm-eval-gsm8k` preset reproduces; --sampler first_n adds
+     fewshot_config.sampler: first_n (the first 5 train rows for every question), compared with
+     mathrl's `lm-eval-gsm8k-first5`;
   2. runs `lm_eval --model hf ... --limit N --num_fewshot 5 --log_samples`, timed (lm-eval's
      --limit takes the first N test rows);
   3. runs `mathrl eval --protocol lm-eval-gsm8k` on the same first N test rows, timed: mathrl's
@@ -27,6 +27,14 @@ What it does, in --workdir (a fresh temp dir by default; nothing is written into
      the shared-prefix and per-question prompt work).
 
     MATHRL_DATA_DIR=/work/shared/data/gsm8k python benchmarks/lmeval_compare.py --n 64
+
+--prompts-only runs no model: it builds lm-eval's own prompts for the local task offline (lm-eval's
+TaskManager, set_fewshot_seed(1234), build_all_requests(limit=N), as its evaluator does) with both
+samplers and compares them, question by question, with mathrl's prompts under the matching preset.
+It needs lm_eval importable by --lmeval-python (default: this interpreter when it has lm_eval, else
+the python beside --lmeval-bin):
+
+    python benchmarks/lmeval_compare.py --prompts-only --n 64 --data-dir /path/to/gsm8k
 """
 
 from __future__ import annotations
@@ -95,6 +103,77 @@ metadata:
   version: 3.0
 """
 
+
+
+PRESET = {"default": "lm-eval-gsm8k", "first_n": "lm-eval-gsm8k-first5"}  # lm-eval sampler → mathrl preset
+
+# Run by a python that has lm_eval: the evaluator's steps for building requests, without a model.
+LMEVAL_PROMPTS = """
+import json, sys
+from lm_eval.tasks import TaskManager
+tasks_dir, task_name, n, seed, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+task = TaskManager(include_path=tasks_dir).load([task_name])["tasks"][task_name]
+task.set_config(key="num_fewshot", value=5)
+task.set_fewshot_seed(seed=seed)
+task.build_all_requests(limit=n, rank=0, world_size=1)
+json.dump({str(inst.doc_id): inst.arguments[0] for inst in task.instances}, open(out, "w"))
+"""
+
+
+def write_task_yaml(tasks_dir: Path, task_name: str, src: Path, sampler: str) -> None:
+    tasks_dir.mkdir(parents=True, exist_ok=True)
+    fewshot = "fewshot_config:\n  sampler: first_n\n" if sampler == "first_n" else ""
+    (tasks_dir / f"{task_name}.yaml").write_text(
+        TASK_YAML.format(task_name=task_name, train=src / "train.jsonl", test=src / "test.jsonl", fewshot_config=fewshot))
+
+
+def lmeval_python(args: argparse.Namespace) -> str:
+    if args.lmeval_python:
+        return args.lmeval_python
+    import importlib.util
+
+    return sys.executable if importlib.util.find_spec("lm_eval") else str(Path(args.lmeval_bin).parent / "python")
+
+
+def mathrl_prompts(src: Path, n: int, preset_name: str) -> list[str]:
+    """mathrl's prompts for the first n test questions under a preset (no tokenizer: no chat template)."""
+    from mathrl import formats
+    from mathrl.evaluate import question_shots
+    from mathrl.tasks import get_task
+
+    proto = formats.Protocol(**formats.preset(preset_name))
+    task = get_task("gsm8k", data_dir=str(src))
+    test = task.load_test()
+    shots = question_shots(task, proto, proto.resolved_format(), test[:n], test)
+    return [formats.build_prompt(s.question, proto, None, shots[s.id]) for s in test[:n]]
+
+
+def compare_prompts(args: argparse.Namespace, src: Path, work: Path, env: dict[str, str]) -> dict[str, Any]:
+    """lm-eval's own prompts vs mathrl's, per sampler, on the first N test questions (no model)."""
+    out: dict[str, Any] = {"n": args.n, "lmeval_python": lmeval_python(args)}
+    kept: dict[str, tuple[dict[int, str], list[str]]] = {}
+    for sampler, preset_name in PRESET.items():
+        name = f"gsm8k_local_{sampler}"
+        write_task_yaml(work / "tasks", name, src, sampler)
+        dump = work / f"lmeval_prompts_{sampler}.json"
+        proc = subprocess.run([out["lmeval_python"], "-c", LMEVAL_PROMPTS, str(work / "tasks"), name, str(args.n), "1234", str(dump)],
+                              capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            raise SystemExit(f"building lm-eval's prompts failed:\n{proc.stderr[-3000:]}")
+        theirs = {int(k): v for k, v in json.loads(dump.read_text()).items()}
+        ours = mathrl_prompts(src, args.n, preset_name)
+        kept[sampler] = (theirs, ours)
+        same = [i for i in range(args.n) if theirs.get(i) == ours[i]]
+        out[sampler] = {"mathrl_preset": preset_name, "identical": len(same), "of": args.n,
+                        "differ": [i for i in range(args.n) if i not in same][:10],
+                        "distinct_shot_sets": len({p.rsplit("\n\nQuestion: ", 1)[0] for p in ours})}
+        print(f"lm-eval sampler {sampler:8s} vs mathrl --protocol {preset_name}: prompts identical {len(same)}/{args.n} "
+              f"({out[sampler]['distinct_shot_sets']} distinct shot sets)", flush=True)
+    # control: the check can fail — stock lm-eval against the fixed-shot preset
+    cross = sum(kept["default"][0].get(i) == kept["first_n"][1][i] for i in range(args.n))
+    out["control_stock_lmeval_vs_first5"] = cross
+    print(f"control: stock lm-eval vs mathrl --protocol lm-eval-gsm8k-first5: identical {cross}/{args.n}")
+    return out
 
 
 def children_cpu_seconds() -> float:
@@ -168,17 +247,17 @@ def profile_mathrl(args: argparse.Namespace, data_dir: Path, total_gen_seconds: 
     generation spent beyond the first of these.
     """
     from mathrl import formats
-    from mathrl.evaluate import select_shots
+    from mathrl.evaluate import question_shots
     from mathrl.generation import HFGenerator, SamplingParams, common_prefix_length
     from mathrl.models import load_model
     from mathrl.tasks import get_task
 
-    proto = formats.Protocol(**formats.preset("lm-eval-gsm8k"))
+    proto = formats.Protocol(**formats.preset(PRESET[args.sampler]))
     task = get_task("gsm8k", data_dir=str(data_dir))
     samples = task.load("test")
-    shots = select_shots(task, proto, proto.resolved_format())
+    shots = question_shots(task, proto, proto.resolved_format(), samples)
     model, tok, _ = load_model(args.model, dtype=args.dtype)
-    prompts = [formats.build_prompt(s.question, proto, tok, shots) for s in samples]
+    prompts = [formats.build_prompt(s.question, proto, tok, shots[s.id]) for s in samples]
     ids = tok(prompts, add_special_tokens=not proto.chat_template)["input_ids"]
     lens = [len(x) for x in ids]
     shared = common_prefix_length(ids)
@@ -219,8 +298,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"))
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--max-new-tokens", type=int, default=256, help="lm-eval's HF max_gen_toks default is 256")
-    ap.add_argument("--sampler", choices=("first_n", "default"), default="first_n",
-                    help="lm-eval shot sampler: first_n (= mathrl's preset) or default (stock gsm8k.yaml: seeded random per question)")
+    ap.add_argument("--sampler", choices=("default", "first_n"), default="default",
+                    help="lm-eval shot sampler: default (stock gsm8k.yaml: seeded random per question = mathrl's lm-eval-gsm8k) "
+                         "or first_n (= lm-eval-gsm8k-first5)")
+    ap.add_argument("--prompts-only", action="store_true", help="no model: compare lm-eval's own prompts with mathrl's, both samplers")
+    ap.add_argument("--lmeval-python", default=None, help="python with lm_eval for --prompts-only (see above)")
     ap.add_argument("--mathrl-task", choices=("gsm8k", "jsonl"), default="gsm8k")
     ap.add_argument("--workdir", default=None, help="where the yaml, data subset and outputs go (default: a new temp dir)")
     ap.add_argument("--skip-lmeval", action="store_true", help="reuse the lm-eval output already in --workdir")
@@ -250,16 +332,18 @@ def main(argv: list[str] | None = None) -> int:
     if not train_link.exists():
         train_link.symlink_to(src / "train.jsonl")
 
-    task_name = "gsm8k_local"
-    tasks_dir = work / "tasks"
-    tasks_dir.mkdir(exist_ok=True)
-    fewshot = "fewshot_config:\n  sampler: first_n\n" if args.sampler == "first_n" else ""
-    (tasks_dir / f"{task_name}.yaml").write_text(
-        TASK_YAML.format(task_name=task_name, train=src / "train.jsonl", test=src / "test.jsonl", fewshot_config=fewshot))
-
-    model_dir = resolve(args.model)[0]
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                HF_DATASETS_CACHE=str(work / "hf_datasets_cache"), TOKENIZERS_PARALLELISM="false")
+    if args.prompts_only:
+        result = compare_prompts(args, src, work, env)
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2))
+        return 0 if all(result[s]["identical"] == args.n for s in PRESET) else 1
+
+    task_name = "gsm8k_local"
+    tasks_dir = work / "tasks"
+    write_task_yaml(tasks_dir, task_name, src, args.sampler)
+    model_dir = resolve(args.model)[0]
     lm_out = work / "lmeval_out"
     timings: dict[str, float] = {}
     if not args.skip_lmeval:
@@ -273,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
 
     mr_out = work / "mathrl_out"
     if not args.skip_mathrl:
-        cmd = [sys.executable, "-m", "mathrl", "eval", "--model", args.model, "--protocol", "lm-eval-gsm8k",
+        cmd = [sys.executable, "-m", "mathrl", "eval", "--model", args.model, "--protocol", PRESET[args.sampler],
                "--max-new-tokens", str(args.max_new_tokens), "--batch-size", str(args.batch_size),
                "--dtype", args.dtype, "--output-dir", str(mr_out), "--overwrite"]
         if args.mathrl_task == "gsm8k":
@@ -290,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     docs = sorted(set(lm_docs) & set(mr_by_doc))
     n = len(docs)
 
-    fmt = Protocol(**preset("lm-eval-gsm8k")).resolved_format()
+    fmt = Protocol(**preset(PRESET[args.sampler])).resolved_format()
     cmp: dict[str, Any] = {"n": n}
     cmp["prompts_identical"] = sum(lm_docs[d].get("context") == mr_by_doc[d]["prompt"] for d in docs)
     cmp["completions_identical"] = sum(lm_docs[d]["completion"] == mr_by_doc[d]["completion"] for d in docs)
@@ -319,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs; lm-eval venv: lm_eval/torch/transformers {lmeval_version(args.lmeval_bin)}")
-    print(f"questions: first {n} GSM8K test rows, 5-shot ({'first 5 train rows' if args.sampler == 'first_n' else 'lm-eval default sampler (random per question)'}), "
+    print(f"questions: first {n} GSM8K test rows, 5-shot ({'first 5 train rows' if args.sampler == 'first_n' else 'lm-eval default sampler (seeded, per question)'}), "
           f"greedy, max {args.max_new_tokens} new tokens, batch {args.batch_size}, {args.dtype}; workdir {work}")
     w = 34
     print(f"{'':<{w}} {'lm-eval':>14} {'mathrl':>14}")
