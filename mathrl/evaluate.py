@@ -222,6 +222,13 @@ def breakdown(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def same_settings(out: Path, cfg: EvalConfig) -> bool:
+    """True when `out` was written by a run whose identity (the settings that change numbers) is cfg's."""
+    saved = Path(out) / "run_config.json"
+    previous = json.loads(saved.read_text()).get("identity") if saved.exists() else None
+    return previous == json.loads(json.dumps(cfg.identity(), default=str))
+
+
 def _check_resume(out: Path, cfg: EvalConfig) -> list[dict[str, Any]]:
     saved = out / "run_config.json"
     results = out / "results.jsonl"
@@ -230,8 +237,7 @@ def _check_resume(out: Path, cfg: EvalConfig) -> list[dict[str, Any]]:
             p.unlink(missing_ok=True)
         return []
     if results.exists() and saved.exists():
-        previous = json.loads(saved.read_text()).get("identity")
-        if previous != json.loads(json.dumps(cfg.identity(), default=str)):
+        if not same_settings(out, cfg):
             raise MathrlError(f"{out} holds results from other settings; use another --output-dir or --overwrite")
         return load_partial_jsonl(results)
     return []

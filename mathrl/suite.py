@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mathrl.errors import MathrlError
-from mathrl.evaluate import EvalConfig, library_versions, run_eval
+from mathrl.evaluate import EvalConfig, library_versions, run_eval, same_settings
 from mathrl.files import atomic_write_json
 from mathrl.tasks import TASKS, get_task
 
@@ -101,13 +101,8 @@ class LazyModel:
 
 
 def _was_done(cfg: EvalConfig) -> bool:
-    import json
-
     out = Path(cfg.output_dir)
-    if cfg.overwrite or not (out / "summary.json").exists() or not (out / "run_config.json").exists():
-        return False
-    saved = json.loads((out / "run_config.json").read_text()).get("identity")
-    return saved == json.loads(json.dumps(cfg.identity(), default=str))
+    return not cfg.overwrite and (out / "summary.json").exists() and same_settings(out, cfg)
 
 
 def _entry_result(entry: SuiteTask, cfg: EvalConfig, summary: dict[str, Any], status: str) -> dict[str, Any]:
@@ -155,23 +150,27 @@ def run_suite(base: EvalConfig, suite: str | None = None, tasks: str | list[str]
     return doc
 
 
+_SHORT = {"number": "num", "no_answer": "none", "excluded": "excl"}  # treatment names in the table
+
+
 def print_suite(doc: dict[str, Any], console: Any = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = console or Console()
-    table = Table(title=f"{doc['model'].get('name')} on suite {doc['suite']} ({doc['split']}, limit {doc['limit']})")
+    table = Table(caption="answers: questions per treatment (num, text, math, none = no answer, excl = excluded)",
+                  title=f"{doc['model'].get('name')} on suite {doc['suite']} ({doc['split']}, limit {doc['limit']})")
     for col, justify in (("task", "left"), ("format", "left"), ("n", "right"), ("strict", "right"),
                          ("flexible", "right"), ("answers", "left"), ("status", "left")):
-        table.add_column(col, justify=justify)
+        table.add_column(col, justify=justify, no_wrap=col in ("strict", "flexible"))
 
     def pct(r: dict[str, Any], kind: str) -> str:
         if f"accuracy_{kind}" not in r:
             return "-"
         lo, hi = r.get(f"ci95_{kind}", [0, 0])
-        return f"{r[f'accuracy_{kind}']:.1%} [{lo:.1%}, {hi:.1%}]"
+        return f"{r[f'accuracy_{kind}']:.1%} [{lo:.0%}-{hi:.0%}]"
 
     for label, r in doc["tasks"].items():
-        answers = ", ".join(f"{n} {k}" for k, n in r.get("treatments", {}).items() if n)
+        answers = ", ".join(f"{n} {_SHORT.get(k, k)}" for k, n in r.get("treatments", {}).items() if n)
         table.add_row(label, r["format"], str(r.get("n", 0)), pct(r, "strict"), pct(r, "flexible"), answers, r["status"])
     console.print(table)
