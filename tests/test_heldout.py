@@ -210,6 +210,14 @@ def test_text_and_no_answer_verdicts():
                                  ("The answer is 3:30 PM.", "3:30 p.m.", True), ("The answer is 3:45 p.m.", "3:30 p.m.", False),
                                  ("The answer is yesterday", "Yes", False), ("no marker at all", "Yes", False)]:
         assert asdiv.grade(fmt, completion, gold, "text")["correct_strict"] is ok, completion
+    # flexible, in a format whose marker the completion lacks: the last "the answer is …", else the last line
+    gsm = FORMATS["gsm8k"]
+    for completion, gold, ok in [("Boys 15, girls 12.\nThe answer is yes, there are more boys.", "Yes", True),
+                                 ("So the answer is that Mr. Lane has more than Mrs. Hilt. The answer is 2.", "Mrs. Hilt", False),
+                                 ("The answer is that Mrs. Hilt has more.", "Mrs. Hilt", True),
+                                 ("Compare them.\nMrs. Hilt", "Mrs. Hilt", True)]:
+        v = asdiv.grade(gsm, completion, gold, "text")
+        assert v["pred_strict"] is None and v["correct_flexible"] is ok, completion
     plus = get_task("gsm_plus")
     for completion, ok in [("The answer is: it cannot be determined from the information given.", True),
                            ("The answer is unknown: the question does not give the price.", True),

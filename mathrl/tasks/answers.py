@@ -6,8 +6,9 @@ Each sample has one treatment (its `answer_type`), counted in summary.json:
 - ``math``: a MATH gold (LaTeX, or a number); the format's marker is read raw (``\\boxed{}`` with
   any nesting) and compared numerically when both sides are plain numbers, else with math-verify.
 - ``text``: a textual gold (ASDiv ``Yes``, ``Mrs. Hilt``, ``3:30 p.m.``); normalised string match
-  (`normalize_text`): case, dots, commas, quotes, ``*``/``$`` and a leading article are ignored, and
-  an answer that starts with the gold followed by more words (``Yes, she can``) counts.
+  (`normalize_text`): case, dots, commas, quotes, ``*``/``$`` and a leading article or "that" are
+  ignored, and an answer that starts with the gold followed by more words (``Yes, she can``) counts.
+  Flexible reads the format's marker, else the last "the answer is …", else the last line.
 - ``no_answer``: the question cannot be answered (GSM-Plus "critical thinking"); correct when the
   answer says so, matched by `NO_ANSWER_RE` (strict: the text after the format's marker; flexible:
   anywhere in the completion).
@@ -50,7 +51,7 @@ _TEXT_MARKERS = {
     "answer_is": r"[Tt]he (?:final )?answer is:?\s*([^\n]+)",
 }
 _UNIT_RE = re.compile(r"\s*\([^()]*\)")  # ASDiv writes units in brackets: "9 (apples)"
-_ARTICLE_RE = re.compile(r"^(?:the|a|an)\s+")
+_ARTICLE_RE = re.compile(r"^(?:that|the|a|an)\s+")
 
 
 @functools.lru_cache(maxsize=None)
@@ -116,10 +117,10 @@ def _raw_flexible(fmt: Format, text: str | None, answer_type: str) -> str | None
     boxed = grading._boxed_contents(text)  # noqa: SLF001
     if boxed:
         return _clean(boxed[-1])
-    if answer_type == "text":
-        marked = raw_strict(fmt, text)
+    if answer_type == "text":  # the format's marker, else the last "the answer is …", else the last line
+        said = [m.group(1) for m in re.finditer(_TEXT_MARKERS["answer_is"], text)]
         lines = [line for line in text.splitlines() if line.strip()]
-        return marked or (_clean(lines[-1]) if lines else None)
+        return raw_strict(fmt, text) or (_clean(said[-1]) if said else None) or (_clean(lines[-1]) if lines else None)
     return grading.extract_flexible(text)
 
 
