@@ -8,11 +8,11 @@ lm-eval runs from its own virtual environment (not mathrl's), given with --lmeva
 
 What it does, in --workdir (a fresh temp dir by default; nothing is written into the repo):
   1. writes an lm-eval task yaml with the settings of lm-eval's own tasks/gsm8k/gsm8k.yaml, except
-     that the data come from the local train/test jsonl (dataset_path: json) and, by default, the
-     5 shots are the first 5 train rows (fewshot_config.sampler: first_n). The stock gsm8k.yaml
-     has no fewshot_config, so lm-eval draws 5 random train rows per question (seeded); mathrl's
-     `lm-eval-gsm8k` preset uses the first 5. --sampler default keeps lm-eval's stock behaviour
-     (then the prompts differ and the comparison says so);
+     that the data come from the local train/test jsonl (dataset_path: json). --sampler default
+     (the default) keeps the stock shots: lm-eval draws 5 train rows per question with one seeded
+     Random(1234), which mathrl's `lm-eval-gsm8k` preset reproduces; --sampler first_n adds
+     fewshot_config.sampler: first_n (the first 5 train rows for every question), compared with
+     mathrl's `lm-eval-gsm8k-first5`;
   2. runs `lm_eval --model hf ... --limit N --num_fewshot 5 --log_samples`, timed (lm-eval's
      --limit takes the first N test rows);
   3. runs `mathrl eval --protocol lm-eval-gsm8k` on the same first N test rows, timed: mathrl's
@@ -27,6 +27,14 @@ What it does, in --workdir (a fresh temp dir by default; nothing is written into
      the shared-prefix and per-question prompt work).
 
     MATHRL_DATA_DIR=/work/shared/data/gsm8k python benchmarks/lmeval_compare.py --n 64
+
+--prompts-only runs no model: it builds lm-eval's own prompts for the local task offline (lm-eval's
+TaskManager, set_fewshot_seed(1234), build_all_requests(limit=N), as its evaluator does) with both
+samplers and compares them, question by question, with mathrl's prompts under the matching preset.
+It needs lm_eval importable by --lmeval-python (default: this interpreter when it has lm_eval, else
+the python beside --lmeval-bin):
+
+    python benchmarks/lmeval_compare.py --prompts-only --n 64 --data-dir /path/to/gsm8k
 """
 
 from __future__ import annotations
@@ -43,58 +51,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lmeval_prompts import PRESET, compare_prompts, write_task_yaml
 from machine import cpu_name, machine_busy_seconds
-
-# lm-eval's tasks/gsm8k/gsm8k.yaml (0.4.x) with the data source swapped for local files.
-TASK_YAML = """\
-task: {task_name}
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    train: {train}
-    test: {test}
-output_type: generate_until
-training_split: train
-fewshot_split: train
-test_split: test
-{fewshot_config}doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
-doc_to_target: "{{{{answer}}}}"
-metric_list:
-  - metric: exact_match
-    aggregation: mean
-    higher_is_better: true
-    ignore_case: true
-    ignore_punctuation: false
-    regexes_to_ignore:
-      - ","
-      - "\\\\$"
-      - "(?s).*#### "
-      - "\\\\.$"
-generation_kwargs:
-  until:
-    - "Question:"
-    - "</s>"
-    - "<|im_end|>"
-  do_sample: false
-  temperature: 0.0
-repeats: 1
-num_fewshot: 5
-filter_list:
-  - name: "strict-match"
-    filter:
-      - function: "regex"
-        regex_pattern: "#### (\\\\-?[0-9\\\\.\\\\,]+)"
-      - function: "take_first"
-  - name: "flexible-extract"
-    filter:
-      - function: "regex"
-        group_select: -1
-        regex_pattern: "(-?[$0-9.,]{{2,}})|(-?[0-9]+)"
-      - function: "take_first"
-metadata:
-  version: 3.0
-"""
-
 
 
 def children_cpu_seconds() -> float:
@@ -168,17 +126,17 @@ def profile_mathrl(args: argparse.Namespace, data_dir: Path, total_gen_seconds: 
     generation spent beyond the first of these.
     """
     from mathrl import formats
-    from mathrl.evaluate import select_shots
+    from mathrl.evaluate import question_shots
     from mathrl.generation import HFGenerator, SamplingParams, common_prefix_length
     from mathrl.models import load_model
     from mathrl.tasks import get_task
 
-    proto = formats.Protocol(**formats.preset("lm-eval-gsm8k"))
+    proto = formats.Protocol(**formats.preset(PRESET[args.sampler]))
     task = get_task("gsm8k", data_dir=str(data_dir))
     samples = task.load("test")
-    shots = select_shots(task, proto, proto.resolved_format())
+    shots = question_shots(task, proto, proto.resolved_format(), samples)
     model, tok, _ = load_model(args.model, dtype=args.dtype)
-    prompts = [formats.build_prompt(s.question, proto, tok, shots) for s in samples]
+    prompts = [formats.build_prompt(s.question, proto, tok, shots[s.id]) for s in samples]
     ids = tok(prompts, add_special_tokens=not proto.chat_template)["input_ids"]
     lens = [len(x) for x in ids]
     shared = common_prefix_length(ids)
@@ -219,8 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"))
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--max-new-tokens", type=int, default=256, help="lm-eval's HF max_gen_toks default is 256")
-    ap.add_argument("--sampler", choices=("first_n", "default"), default="first_n",
-                    help="lm-eval shot sampler: first_n (= mathrl's preset) or default (stock gsm8k.yaml: seeded random per question)")
+    ap.add_argument("--sampler", choices=("default", "first_n"), default="default",
+                    help="lm-eval shot sampler: default (stock gsm8k.yaml: seeded random per question = mathrl's lm-eval-gsm8k) "
+                         "or first_n (= lm-eval-gsm8k-first5)")
+    ap.add_argument("--prompts-only", action="store_true", help="no model: compare lm-eval's own prompts with mathrl's, both samplers")
+    ap.add_argument("--lmeval-python", default=None, help="python with lm_eval for --prompts-only (see above)")
     ap.add_argument("--mathrl-task", choices=("gsm8k", "jsonl"), default="gsm8k")
     ap.add_argument("--workdir", default=None, help="where the yaml, data subset and outputs go (default: a new temp dir)")
     ap.add_argument("--skip-lmeval", action="store_true", help="reuse the lm-eval output already in --workdir")
@@ -250,16 +211,18 @@ def main(argv: list[str] | None = None) -> int:
     if not train_link.exists():
         train_link.symlink_to(src / "train.jsonl")
 
-    task_name = "gsm8k_local"
-    tasks_dir = work / "tasks"
-    tasks_dir.mkdir(exist_ok=True)
-    fewshot = "fewshot_config:\n  sampler: first_n\n" if args.sampler == "first_n" else ""
-    (tasks_dir / f"{task_name}.yaml").write_text(
-        TASK_YAML.format(task_name=task_name, train=src / "train.jsonl", test=src / "test.jsonl", fewshot_config=fewshot))
-
-    model_dir = resolve(args.model)[0]
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                HF_DATASETS_CACHE=str(work / "hf_datasets_cache"), TOKENIZERS_PARALLELISM="false")
+    if args.prompts_only:
+        result = compare_prompts(args, src, work, env)
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2))
+        return 0 if all(result[s]["identical"] == args.n for s in PRESET) else 1
+
+    task_name = "gsm8k_local"
+    tasks_dir = work / "tasks"
+    write_task_yaml(tasks_dir, task_name, src, args.sampler)
+    model_dir = resolve(args.model)[0]
     lm_out = work / "lmeval_out"
     timings: dict[str, float] = {}
     if not args.skip_lmeval:
@@ -273,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
 
     mr_out = work / "mathrl_out"
     if not args.skip_mathrl:
-        cmd = [sys.executable, "-m", "mathrl", "eval", "--model", args.model, "--protocol", "lm-eval-gsm8k",
+        cmd = [sys.executable, "-m", "mathrl", "eval", "--model", args.model, "--protocol", PRESET[args.sampler],
                "--max-new-tokens", str(args.max_new_tokens), "--batch-size", str(args.batch_size),
                "--dtype", args.dtype, "--output-dir", str(mr_out), "--overwrite"]
         if args.mathrl_task == "gsm8k":
@@ -290,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     docs = sorted(set(lm_docs) & set(mr_by_doc))
     n = len(docs)
 
-    fmt = Protocol(**preset("lm-eval-gsm8k")).resolved_format()
+    fmt = Protocol(**preset(PRESET[args.sampler])).resolved_format()
     cmp: dict[str, Any] = {"n": n}
     cmp["prompts_identical"] = sum(lm_docs[d].get("context") == mr_by_doc[d]["prompt"] for d in docs)
     cmp["completions_identical"] = sum(lm_docs[d]["completion"] == mr_by_doc[d]["completion"] for d in docs)
@@ -319,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs; lm-eval venv: lm_eval/torch/transformers {lmeval_version(args.lmeval_bin)}")
-    print(f"questions: first {n} GSM8K test rows, 5-shot ({'first 5 train rows' if args.sampler == 'first_n' else 'lm-eval default sampler (random per question)'}), "
+    print(f"questions: first {n} GSM8K test rows, 5-shot ({'first 5 train rows' if args.sampler == 'first_n' else 'lm-eval default sampler (seeded, per question)'}), "
           f"greedy, max {args.max_new_tokens} new tokens, batch {args.batch_size}, {args.dtype}; workdir {work}")
     w = 34
     print(f"{'':<{w}} {'lm-eval':>14} {'mathrl':>14}")

@@ -35,13 +35,23 @@ def print_summary(summary: dict[str, Any], title: str) -> None:
     table.add_row(str(summary.get("n", 0)), pct("accuracy_strict"), pct("accuracy_flexible"),
                   f"{summary.get('answer_proportion', 0):.1%}", f"{summary.get('thinking_proportion', 0):.1%}",
                   str(summary.get("generation", {}).get("tokens_per_second", "-")))
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    from mathrl.regrade import describe_treatments
+
+    if describe_treatments(summary):
+        console.print(describe_treatments(summary))
+    for key, groups in summary.get("accuracy_by", {}).items():
+        if key != "answer_type":
+            console.print(f"by {key}: " + "; ".join(f"{v} {g['strict']:.0%}/{g['flexible']:.0%} (n={g['n']})" for v, g in groups.items()))
 
 
 @app.command("eval")
 def eval_cmd(
     model: str = typer.Option("smollm2-135m", help="Local directory, hub id (org/name), or built-in smollm2-135m."),
-    task: str = typer.Option("gsm8k", help="Task name (see `mathrl tasks`)."),
+    task: Optional[str] = typer.Option(None, help="Task name (see `mathrl tasks`); default gsm8k."),
+    suite: Optional[str] = typer.Option(None, help="Evaluate a named list of tasks instead, e.g. generalisation (see `mathrl tasks`)."),
+    suite_tasks: Optional[str] = typer.Option(None, help="A custom suite: tasks a,b,c (task:config allowed)."),
     config: Optional[str] = typer.Option(None, help="Task config: gsm8k main|socratic, arithmetic levels 1-3, linear_equations 2|3."),
     task_arg: Optional[list[str]] = typer.Option(None, "--task-arg", help="Task option key=value (repeatable), e.g. path=file.jsonl."),
     data_dir: Optional[str] = typer.Option(None, help="Local data directory (else $MATHRL_DATA_DIR, else the hub)."),
@@ -49,7 +59,7 @@ def eval_cmd(
     limit: Optional[int] = typer.Option(None, help="Evaluate a seeded random subset of this many questions."),
     sample_seed: int = typer.Option(1234, help="Seed of the --limit subset (same questions for every model)."),
     protocol: Optional[str] = typer.Option(None, help="Preset protocol, e.g. lm-eval-gsm8k (overrides format/shots/template)."),
-    format: str = typer.Option("gsm8k", "--format", help="Output format: gsm8k, tags, think, boxed, answer_is."),
+    format: Optional[str] = typer.Option(None, "--format", help="Output format: gsm8k (default), tags, think, boxed, answer_is; a suite's default: per task."),
     shots: int = typer.Option(0, help="Number of k-shot examples from the train split."),
     shot_seed: int = typer.Option(1234, help="Seed choosing the shots."),
     chat_template: bool = typer.Option(True, "--chat-template/--no-chat-template", help="Wrap prompts in the model's chat template."),
@@ -66,7 +76,7 @@ def eval_cmd(
     backend: str = typer.Option("auto", help="auto (vllm with a GPU when installed, else hf), hf, vllm."),
     revision: Optional[str] = typer.Option(None, help="Hub revision (commit, branch or tag)."),
     trust_remote_code: bool = typer.Option(False, help="Allow model repositories to run their own code."),
-    output_dir: str = typer.Option(..., help="Where results.jsonl, results.csv and summary.json go."),
+    output_dir: str = typer.Option(..., help="Where results.jsonl, results.csv and summary.json go (a suite: one folder per task and suite.json)."),
     overwrite: bool = typer.Option(False, help="Discard earlier results in --output-dir instead of resuming."),
 ) -> None:
     """Evaluate a model on a task: per-sample results, accuracy (strict and flexible) and the protocol."""
@@ -76,67 +86,60 @@ def eval_cmd(
 
     require_single_process("eval")
 
-    proto_fields: dict[str, Any] = dict(format=format, chat_template=chat_template, shots=shots, shot_seed=shot_seed,
+    if (suite or suite_tasks) and (task or config):
+        raise MathrlError("--suite/--suite-tasks evaluate several tasks: drop --task/--config (use --suite-tasks task:config)")
+    proto_fields: dict[str, Any] = dict(format=format or "gsm8k", chat_template=chat_template, shots=shots, shot_seed=shot_seed,
                                         chat_template_kwargs=parse_json_option(chat_template_kwargs, "--chat-template-kwargs"),
                                         system_prompt=system_prompt, stop=list(stop or []))
     if protocol:
         proto_fields.update(formats.preset(protocol))
     formats.get_format(proto_fields["format"])
-    cfg = EvalConfig(model=model, task=task, task_config=config, task_args=parse_kv(task_arg, "--task-arg"),
+    cfg = EvalConfig(model=model, task=task or "gsm8k", task_config=config, task_args=parse_kv(task_arg, "--task-arg"),
                      data_dir=data_dir, split=split, limit=limit, sample_seed=sample_seed,
                      protocol=formats.Protocol(**proto_fields), max_new_tokens=max_new_tokens, temperature=temperature,
                      top_p=top_p, num_samples=num_samples, seed=seed, batch_size=batch_size, dtype=dtype, backend=backend,
                      revision=revision, trust_remote_code=trust_remote_code, output_dir=output_dir, overwrite=overwrite)
+    if suite or suite_tasks:
+        from mathrl.suite import print_suite, run_suite
+
+        doc = run_suite(cfg, suite, suite_tasks, format_given=bool(format or protocol),
+                        on_task=lambda label, r: typer.echo(f"{label}: n={r.get('n', 0)} strict={r.get('accuracy_strict', 0):.1%} "
+                                                            f"flexible={r.get('accuracy_flexible', 0):.1%} ({r['status']})"))
+        print_suite(doc)
+        typer.echo(f"results: {Path(output_dir) / 'suite.json'}")
+        return
     summary = run_eval(cfg)
-    print_summary(summary, f"{model} on {task} ({split})")
+    print_summary(summary, f"{model} on {cfg.task} ({split})")
     typer.echo(f"results: {Path(output_dir) / 'summary.json'}")
 
 
 @app.command()
 def grade(
-    input: Path = typer.Option(..., "--input", help="JSONL with a completion and a gold answer per line."),
-    task: str = typer.Option("gsm8k", help="Task whose answer checker to use."),
+    input: Path = typer.Option(..., "--input", help="JSONL with a completion (and a gold answer, or an id) per line."),
+    task: str = typer.Option("gsm8k", help="Task whose gold reader and answer checker to use (e.g. math500, asdiv)."),
+    config: Optional[str] = typer.Option(None, help="Task config (with --data-dir)."),
+    data_dir: Optional[str] = typer.Option(None, help="Take golds from the task's test split here; lines matched by id or doc_id."),
+    task_arg: Optional[list[str]] = typer.Option(None, "--task-arg", help="Task option key=value (repeatable)."),
     format: str = typer.Option("gsm8k", "--format", help="Format whose marker the strict extractor reads."),
     output: Optional[Path] = typer.Option(None, help="Write each line back with pred_* and correct_* fields."),
-    completion_field: str = typer.Option("completion", help="Field holding the model's text."),
+    completion_field: str = typer.Option("completion", help="Field holding the model's text (lm-eval: resps)."),
     gold_field: Optional[str] = typer.Option(None, help="Field holding the gold answer (default: answer, else gold)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
     """Regrade completions produced anywhere (other harnesses, older runs) with mathrl's grader."""
-    from mathrl import grading
-    from mathrl.files import atomic_write_jsonl, iter_jsonl
-    from mathrl.formats import get_format
-    from mathrl.tasks import get_task
-    from mathrl.tasks.gsm8k import split_answer
+    from mathrl.files import atomic_write_jsonl
+    from mathrl.regrade import describe_treatments, regrade
 
-    checker = get_task(task).check_answer
-    fmt = get_format(format)
-    rows, n_strict, n_flex = [], 0, 0
-    for line, row in iter_jsonl(input):
-        gf = gold_field or ("answer" if "answer" in row else "gold")
-        if completion_field not in row:
-            raise MathrlError(f"{input}:{line}: missing field {completion_field!r}")
-        if gf not in row or row[gf] in (None, ""):
-            raise MathrlError(f"{input}:{line}: missing field {gf!r}")
-        _, final = split_answer(grading.answer_text(row[gf]))
-        gold_text = final if final is not None else grading.answer_text(row[gf])
-        # a plain number is normalised; anything else (\\sqrt{2}) stays whole for math-verify
-        gold = grading.normalize(gold_text) if grading.is_plain_number(gold_text) else gold_text
-        text = str(row[completion_field] or "")
-        strict, flexible = fmt.extract_strict(text), fmt.extract_flexible(text)
-        verdict = {"pred_strict": strict, "pred_flexible": flexible,
-                   "correct_strict": checker(strict, gold), "correct_flexible": checker(flexible, gold)}
-        n_strict += verdict["correct_strict"]
-        n_flex += verdict["correct_flexible"]
-        rows.append(row | verdict)
-    n = len(rows)
-    summary = {"n": n, "accuracy_strict": round(n_strict / n, 4) if n else 0.0, "accuracy_flexible": round(n_flex / n, 4) if n else 0.0}
+    rows, summary = regrade(input, task, format, completion_field=completion_field, gold_field=gold_field,
+                            data_dir=data_dir, task_config=config, task_args=parse_kv(task_arg, "--task-arg"))
     if output:
         atomic_write_jsonl(output, rows)
     if as_json:
         typer.echo(json.dumps(summary))
     else:
-        typer.echo(f"n={n}  strict={summary['accuracy_strict']:.1%}  flexible={summary['accuracy_flexible']:.1%}")
+        typer.echo(f"n={summary['n']}  strict={summary['accuracy_strict']:.1%}  flexible={summary['accuracy_flexible']:.1%}")
+        if describe_treatments(summary):
+            typer.echo(describe_treatments(summary))
 
 
 def _write_task_data(task_name: str, config: str | None, n: int, seed: int, out: Path, split: str, options: dict[str, Any]) -> None:
@@ -283,6 +286,10 @@ def tasks() -> None:
     for name, cls in sorted(TASKS.items()):
         doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip()
         typer.echo(f"{name:18s} configs: {', '.join(cls.configs):28s} {doc.splitlines()[0] if doc else ''}")
+    from mathrl.suite import SUITES
+
+    for name, entries in SUITES.items():
+        typer.echo(f"suite {name}: " + ", ".join(e.label + (f" ({e.format})" if e.format else "") for e in entries))
 
 
 @app.command("formats")

@@ -76,22 +76,75 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def select_shots(task: Task, protocol: Protocol, fmt: Format) -> list[tuple[str, str]]:
-    if protocol.shots <= 0:
-        return []
+def _shot_pool(task: Task, protocol: Protocol) -> list[Sample]:
     try:
         pool = task.load_train()
     except MathrlError as e:
         raise MathrlError(f"--shots {protocol.shots} needs the task's train split: {e}") from None
     if len(pool) < protocol.shots:
         raise MathrlError(f"--shots {protocol.shots}: the train split has only {len(pool)} samples")
+    return pool
+
+
+def _written(shots: list[Sample], protocol: Protocol, fmt: Format) -> list[tuple[str, str]]:
+    if protocol.shot_solution == "raw":
+        return [(s.question, s.meta.get("raw_answer") or fmt.render(s.solution, s.answer)) for s in shots]
+    return [(s.question, fmt.render(s.solution, s.answer)) for s in shots]
+
+
+SHOT_SELECTIONS = ("random", "first", "lm-eval")
+
+
+def select_shots(task: Task, protocol: Protocol, fmt: Format) -> list[tuple[str, str]]:
+    """The shots every question shares (shot_selection random or first)."""
+    if protocol.shot_selection not in SHOT_SELECTIONS:
+        raise MathrlError(f"unknown shot_selection {protocol.shot_selection!r}; choose one of: {', '.join(SHOT_SELECTIONS)}")
+    if protocol.shots <= 0:
+        return []
+    if protocol.shot_selection == "lm-eval":
+        raise MathrlError("shot_selection lm-eval draws shots per question: use question_shots")
+    pool = _shot_pool(task, protocol)
     if protocol.shot_selection == "first":
         chosen = pool[: protocol.shots]
     else:
         chosen = random.Random(protocol.shot_seed).sample(pool, protocol.shots)
-    if protocol.shot_solution == "raw":
-        return [(s.question, s.meta.get("raw_answer") or fmt.render(s.solution, s.answer)) for s in chosen]
-    return [(s.question, fmt.render(s.solution, s.answer)) for s in chosen]
+    return _written(chosen, protocol, fmt)
+
+
+def lmeval_draws(pool_size: int, k: int, n_docs: int, seed: int, same_split: bool = False) -> list[list[int]]:
+    """Indices of the shots lm-evaluation-harness 0.4's default sampler gives docs 0..n_docs-1.
+
+    lm-eval makes one `random.Random(fewshot_seed)` per task and calls `rnd.sample(pool, k)` for each
+    doc in order, so doc i's shots depend on every draw before it; --limit N only cuts the loop
+    after N docs. When the shots come from the evaluated split it draws k + 1 and drops the doc
+    itself (`ContextSampler.sample` / `rm_eval_doc`). `random.sample`'s picks depend only on the
+    population's size, so drawing from range(pool_size) gives lm-eval's choices."""
+    rnd = random.Random(seed)
+    out = []
+    for doc in range(n_docs):
+        if not same_split:
+            out.append(rnd.sample(range(pool_size), k))
+            continue
+        drawn = [j for j in rnd.sample(range(pool_size), k + 1) if j != doc][:k]
+        if len(drawn) < k:  # lm-eval resamples from the pool without the doc (only with duplicates)
+            drawn = rnd.sample([j for j in range(pool_size) if j != doc], k)
+        out.append(drawn)
+    return out
+
+
+def question_shots(task: Task, protocol: Protocol, fmt: Format, samples: list[Sample],
+                   split_samples: list[Sample] | None = None) -> dict[str, list[tuple[str, str]]]:
+    """Sample id → its shots. `split_samples` is the whole evaluated split in order (the lm-eval
+    sampler's draws follow each question's position there, not its place in a --limit subset)."""
+    if protocol.shot_selection != "lm-eval" or protocol.shots <= 0:
+        shared = select_shots(task, protocol, fmt)
+        return {s.id: shared for s in samples}
+    pool = _shot_pool(task, protocol)
+    position = {s.id: i for i, s in enumerate(split_samples if split_samples is not None else samples)}
+    wanted = [position[s.id] for s in samples]
+    same = {s.id for s in pool[:1]} <= set(position)  # shots drawn from the evaluated split itself
+    draws = lmeval_draws(len(pool), protocol.shots, max(wanted, default=-1) + 1, protocol.shot_seed, same)
+    return {s.id: _written([pool[j] for j in draws[i]], protocol, fmt) for s, i in zip(samples, wanted)}
 
 
 def summarize(rows: list[dict[str, Any]], num_samples: int) -> dict[str, Any]:
@@ -122,12 +175,47 @@ def summarize(rows: list[dict[str, Any]], num_samples: int) -> dict[str, Any]:
                     top = votes.most_common(1)[0][0]
                     maj += any(r[f"pred_{kind}"] == top and r[f"correct_{kind}"] for r in g)
             out[f"maj@{num_samples}_{kind}"] = round(maj / len(by_question), 4)
-    groups = Counter(r.get("level") for r in rows if r.get("level") is not None)
-    if len(groups) > 1:
-        out["accuracy_flexible_by_level"] = {
-            str(lv): round(sum(r["correct_flexible"] for r in rows if r.get("level") == lv) / c, 4) for lv, c in sorted(groups.items())
-        }
+    out.update(breakdown(rows))
     return out
+
+
+BREAKDOWN_KEYS = ("level", "subject", "perturbation_type", "answer_type")  # sample meta copied into rows
+
+
+def treatment_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Questions per answer treatment (number, math, text, no_answer; see mathrl.tasks.answers)."""
+    first = {r["id"]: r.get("answer_type", "number") for r in rows}
+    return dict(sorted(Counter(first.values()).items()))
+
+
+def breakdown(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Accuracy (strict, flexible) per value of each metadata key the rows carry, and the treatment
+    counts. A key with a single value is left out: its one group is the whole run."""
+    out: dict[str, Any] = {"treatments": treatment_counts(rows)} if rows else {}
+    by: dict[str, Any] = {}
+    for key in BREAKDOWN_KEYS:
+        groups: dict[Any, list[dict[str, Any]]] = {}
+        for r in rows:
+            if r.get(key) is not None:
+                groups.setdefault(r[key], []).append(r)
+        if len(groups) < 2:
+            continue
+        by[key] = {str(v): {"n": len({r["id"] for r in g}),
+                            "strict": round(sum(bool(r["correct_strict"]) for r in g) / len(g), 4),
+                            "flexible": round(sum(bool(r["correct_flexible"]) for r in g) / len(g), 4)}
+                   for v, g in sorted(groups.items(), key=lambda kv: str(kv[0]))}
+    if by:
+        out["accuracy_by"] = by
+    if "level" in by:  # the key written before accuracy_by existed
+        out["accuracy_flexible_by_level"] = {lv: g["flexible"] for lv, g in by["level"].items()}
+    return out
+
+
+def same_settings(out: Path, cfg: EvalConfig) -> bool:
+    """True when `out` was written by a run whose identity (the settings that change numbers) is cfg's."""
+    saved = Path(out) / "run_config.json"
+    previous = json.loads(saved.read_text()).get("identity") if saved.exists() else None
+    return previous == json.loads(json.dumps(cfg.identity(), default=str))
 
 
 def _check_resume(out: Path, cfg: EvalConfig) -> list[dict[str, Any]]:
@@ -138,15 +226,15 @@ def _check_resume(out: Path, cfg: EvalConfig) -> list[dict[str, Any]]:
             p.unlink(missing_ok=True)
         return []
     if results.exists() and saved.exists():
-        previous = json.loads(saved.read_text()).get("identity")
-        if previous != json.loads(json.dumps(cfg.identity(), default=str)):
+        if not same_settings(out, cfg):
             raise MathrlError(f"{out} holds results from other settings; use another --output-dir or --overwrite")
         return load_partial_jsonl(results)
     return []
 
 
-def run_eval(cfg: EvalConfig, model_bundle: tuple[Any, Any, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Evaluate and return the summary. `model_bundle` = (model, tokenizer, info) to reuse a loaded model."""
+def run_eval(cfg: EvalConfig, model_bundle: Any = None) -> dict[str, Any]:
+    """Evaluate and return the summary. `model_bundle` = (model, tokenizer, info) to reuse a loaded
+    model, or a callable returning one, called only when there is something left to generate."""
     from mathrl import generation, models
 
     t0 = time.perf_counter()
@@ -157,8 +245,9 @@ def run_eval(cfg: EvalConfig, model_bundle: tuple[Any, Any, dict[str, Any]] | No
     if cfg.batch_size < 1:
         raise MathrlError(f"--batch-size must be at least 1, got {cfg.batch_size}")
     backend = generation.pick_backend(cfg.backend)  # a missing vLLM fails before anything is written
-    samples = subsample(task.load(cfg.split), cfg.limit, cfg.sample_seed)
-    shots = select_shots(task, cfg.protocol, fmt)
+    split_samples = task.load(cfg.split)
+    samples = subsample(split_samples, cfg.limit, cfg.sample_seed)
+    shots = question_shots(task, cfg.protocol, fmt, samples, split_samples)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     done_rows = _check_resume(out, cfg)
@@ -169,15 +258,15 @@ def run_eval(cfg: EvalConfig, model_bundle: tuple[Any, Any, dict[str, Any]] | No
     gen_stats: dict[str, Any] = {}
     model_info: dict[str, Any] = {"name": cfg.model}
     if todo:
-        if model_bundle is not None:
-            model, tokenizer, model_info = model_bundle
+        if model_bundle is not None:  # a callable loads on first use: a suite skips finished tasks unloaded
+            model, tokenizer, model_info = model_bundle() if callable(model_bundle) else model_bundle
         elif backend == "vllm":
             path, kind = models.resolve(cfg.model)
             model, tokenizer = None, models.load_tokenizer(path, cfg.revision, cfg.trust_remote_code)
             model_info = {"name": cfg.model, "kind": kind, "path": path, "revision": cfg.revision or models.model_revision(path, kind)}
         else:
             model, tokenizer, model_info = models.load_model(cfg.model, cfg.dtype, None, cfg.revision, cfg.trust_remote_code)
-        prompts = [formats.build_prompt(s.question, cfg.protocol, tokenizer, shots) for s in todo]
+        prompts = [formats.build_prompt(s.question, cfg.protocol, tokenizer, shots[s.id]) for s in todo]
         if backend == "vllm":
             gen = generation.VLLMGenerator(model_info["path"], tokenizer, cfg.dtype, cfg.seed)
         else:
@@ -203,6 +292,8 @@ def run_eval(cfg: EvalConfig, model_bundle: tuple[Any, Any, dict[str, Any]] | No
     order = {s.id: i for i, s in enumerate(samples)}
     rows.sort(key=lambda r: (order[r["id"]], r["sample_idx"]))
     summary = summarize(rows, cfg.num_samples)
+    if rows:  # dropped at load time by a documented rule (e.g. exclude=no_answer), whole split, before --limit
+        summary["treatments"]["excluded"] = sum(task.excluded.values())
     wall = time.perf_counter() - t0
     summary.update(
         model=model_info,
@@ -228,8 +319,10 @@ def _row(sample: Sample, prompt: str, k: int, comp: Completion, fmt: Format, tas
          params: DecodingSettings) -> dict[str, Any]:
     row = {"id": sample.id, "sample_idx": k, "question": sample.question, "gold": sample.answer, "prompt": prompt,
            "completion": comp.text}
-    row.update(grade_completion(fmt, task, comp.text, sample.answer, params.stop))
-    row.update(num_tokens=comp.num_tokens, finish_reason=comp.finish_reason)
-    if "level" in sample.meta:
-        row["level"] = sample.meta["level"]
+    answer_type = task.sample_answer_type(sample)
+    row.update(grade_completion(fmt, task, comp.text, sample.answer, params.stop, answer_type))
+    row.update(num_tokens=comp.num_tokens, finish_reason=comp.finish_reason, answer_type=answer_type)
+    for key in BREAKDOWN_KEYS[:-1]:
+        if sample.meta.get(key) is not None:
+            row[key] = sample.meta[key]
     return row

@@ -17,7 +17,8 @@ An experiment file (`configs/experiments/*.yaml`) holds one or more experiments:
             stage: full             # any other key: a setting of that kind (`mathrl sft --help`, ...)
         eval:                       # a grid: models × tasks × formats × chat_template × shots
           models: [base, sft-full]  # base | a stage name | {label: model id or path}
-          tasks: [gsm8k, "arithmetic:1-2", {task: jsonl, label: svamp, task_args: {path: svamp.jsonl}}]
+          tasks: [gsm8k, "arithmetic:1-2", {task: jsonl, label: mine, task_args: {path: mine.jsonl}}]
+          suite: generalisation     # adds the suite's tasks (each in its suite format unless formats is set)
           formats: [tags]           # default: the format in defaults
           chat_template: [true, false]
           shots: [0, 3]
@@ -256,6 +257,13 @@ def _task_entries(tasks: Any, shared: dict[str, Any], where: str) -> list[dict[s
 def _eval_stages(ev: dict[str, Any], shared: dict[str, Any], trained: dict[str, Stage], exp_dir: Path,
                  where: str) -> list[Stage]:
     axes = {k: ev.pop(k) for k in ("models", "tasks", "formats", "chat_template", "shots") if k in ev}
+    if "suite" in ev:  # a suite adds its tasks to the grid, each with the suite's format unless formats is set
+        from mathrl.suite import resolve
+
+        suite = ev.pop("suite")
+        _, entries = resolve(suite, None) if isinstance(suite, str) else resolve(None, suite)
+        axes["tasks"] = _as_list(axes.get("tasks", [])) + [
+            {"task": e.task, "task_config": e.config, "suite_format": e.resolved_format()} for e in entries]
     fixed = shared | ev  # what is left in the eval section: fixed settings for every cell
     models = _as_list(axes.get("models", ["base"]))
     formats_ = _as_list(axes.get("formats", fixed.get("format", "gsm8k")))
@@ -281,7 +289,8 @@ def _eval_stages(ev: dict[str, Any], shared: dict[str, Any], trained: dict[str, 
             task = dict(task)
             conf = task["task_config"]
             task_label = task.pop("label", None) or task["task"] + (f".{conf}" if conf else "")
-            for fmt in formats_:
+            suite_format = task.pop("suite_format", None)
+            for fmt in [suite_format] if suite_format and "formats" not in axes else formats_:
                 for chat in chats:
                     for k in shots:
                         setting = f"{task_label}-{fmt}-{'chat' if chat else 'raw'}-{k}shot"

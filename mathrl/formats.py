@@ -37,7 +37,17 @@ class Format:
         return self.template.format(reasoning=(reasoning or "").strip(), answer=answer).strip()
 
     def extract_strict(self, text: str, answer_type: str = "number") -> str | None:
-        return grading.extract_strict(text, self.strict_pattern, self.strict_take, answer_type)
+        return grading.extract_strict(self.strict_region(text), self.strict_pattern, self.strict_take, answer_type)
+
+    def strict_region(self, text: str) -> str:
+        """The text with what follows the last closing marker dropped, when every strict match must end
+        with that marker: matches are unchanged, but `<SOLUTION>(.*?)</SOLUTION>` over thousands of
+        unclosed `<SOLUTION>` otherwise scans to the end from each one (seconds on 100k characters)."""
+        last = self.markers[-1] if self.markers else None
+        if text and last and self.strict_pattern.endswith(re.escape(last)) and "|" not in self.strict_pattern:
+            end = text.rfind(last)
+            return text[: end + len(last)] if end >= 0 else ""
+        return text
 
     def extract_flexible(self, text: str, answer_type: str = "number") -> str | None:
         return grading.extract_flexible(text, self.flexible_pattern, answer_type)
@@ -134,7 +144,7 @@ class Protocol:
     chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
     system_prompt: str | None = None  # None: the format's instruction; "": none
     shots: int = 0
-    shot_selection: str = "random"  # random (seeded) | first
+    shot_selection: str = "random"  # random (seeded, shared) | first | lm-eval (per question, lm-eval's sampler)
     shot_seed: int = 1234
     shot_solution: str = "rendered"  # rendered (in the format) | raw (the task's original answer text)
     stop: list[str] = field(default_factory=list)
@@ -159,23 +169,26 @@ class Protocol:
 
 # lm-evaluation-harness 0.4 `gsm8k` task settings: "Question: …\nAnswer:" without chat template,
 # 5 shots with their original answers, greedy, stop at "Question:", strict regex on "#### N" and
-# flexible "last number-like run". One difference: stock lm-eval draws 5 seeded random train
-# examples per question; this preset uses the first 5 for every question (lm-eval's `first_n`
-# sampler), which keeps one shared prompt prefix. benchmarks/lmeval_compare.py runs lm-eval both ways.
+# flexible "last number-like run". Shots as stock lm-eval draws them: its default sampler, one
+# random.Random(1234) per task consumed question by question in test order (evaluate.lmeval_draws),
+# so the prompts equal lm-eval 0.4.13's question by question. `lm-eval-gsm8k-first5` uses the first
+# 5 train examples for every question instead (lm-eval's `first_n` sampler), which keeps one shared
+# prompt prefix (faster). benchmarks/lmeval_compare.py checks both against lm-eval's own prompts.
+_LMEVAL_GSM8K: dict[str, Any] = dict(
+    format="gsm8k",
+    chat_template=False,
+    system_prompt="",
+    shots=5,
+    shot_seed=1234,
+    shot_solution="raw",
+    stop=["Question:", "</s>", "<|im_end|>"],
+    strict_pattern=r"#### (\-?[0-9\.\,]+)",
+    strict_take="first",
+    flexible_pattern=r"(-?[$0-9.,]{2,})|(-?[0-9]+)",
+)
 PROTOCOLS: dict[str, dict[str, Any]] = {
-    "lm-eval-gsm8k": dict(
-        name="lm-eval-gsm8k",
-        format="gsm8k",
-        chat_template=False,
-        system_prompt="",
-        shots=5,
-        shot_selection="first",
-        shot_solution="raw",
-        stop=["Question:", "</s>", "<|im_end|>"],
-        strict_pattern=r"#### (\-?[0-9\.\,]+)",
-        strict_take="first",
-        flexible_pattern=r"(-?[$0-9.,]{2,})|(-?[0-9]+)",
-    ),
+    "lm-eval-gsm8k": dict(_LMEVAL_GSM8K, name="lm-eval-gsm8k", shot_selection="lm-eval"),
+    "lm-eval-gsm8k-first5": dict(_LMEVAL_GSM8K, name="lm-eval-gsm8k-first5", shot_selection="first"),
 }
 
 

@@ -52,7 +52,7 @@ from mathrl import grading
 from mathrl.errors import MathrlError
 from mathrl.decoding import cut_at_stop
 from mathrl.formats import Format, get_format
-from mathrl.verdict import bounded, grade_completion
+from mathrl.verdict import grade_completion
 
 RewardFn = Callable[..., list]
 DEFAULT_LENGTH_LIMIT = 1000  # characters: tokenizer-free, so the same number for every model
@@ -105,18 +105,19 @@ def _shape(fmt: Format) -> tuple[re.Pattern | None, tuple[str, ...], str] | None
 
 
 def _strict(fmt: Format, text: str) -> str | None:
-    return fmt.extract_strict(bounded(fmt, text))
+    return fmt.extract_strict(text)
 
 
 # -- per-completion scores: (format, completion text, gold or None) -> float -------------------------
 
 
-def _correctness(fmt: Format, text: str, gold: str | None, task: Any = None) -> float:
-    return float(grade_completion(fmt, task, text, gold)["correct_strict"])
+def _correctness(fmt: Format, text: str, gold: str | None, task: Any = None, answer_type: str | None = None) -> float:
+    return float(grade_completion(fmt, task, text, gold, answer_type=answer_type)["correct_strict"])
 
 
-def _correctness_flexible(fmt: Format, text: str, gold: str | None, task: Any = None) -> float:
-    return float(grade_completion(fmt, task, text, gold)["correct_flexible"])
+def _correctness_flexible(fmt: Format, text: str, gold: str | None, task: Any = None,
+                          answer_type: str | None = None) -> float:
+    return float(grade_completion(fmt, task, text, gold, answer_type=answer_type)["correct_flexible"])
 
 
 def _format_strict(fmt: Format, text: str, gold: str | None = None) -> float:
@@ -124,7 +125,7 @@ def _format_strict(fmt: Format, text: str, gold: str | None = None) -> float:
         return 0.0
     shape = _shape(fmt)
     strict = re.compile(fmt.strict_pattern)
-    matches = list(itertools.islice(strict.finditer(bounded(fmt, text)), 2))
+    matches = list(itertools.islice(strict.finditer(fmt.strict_region(text)), 2))
     if len(matches) != 1:
         return 0.0
     m = matches[0]
@@ -198,7 +199,10 @@ class Reward:
         texts = [cut_at_stop(_text(c), self.stops)[0] for c in items]
         golds = _golds(kwargs, len(texts), self.__name__) if self.needs_answer else [None] * len(texts)
         if self.score in (_correctness, _correctness_flexible):
-            return [float(self.score(self.fmt, text, gold, self.task)) for text, gold in zip(texts, golds)]
+            # a dataset's answer_type column (per sample: ASDiv's textual golds) reaches the grader
+            kinds = kwargs.get("answer_type")
+            kinds = list(kinds) if isinstance(kinds, (list, tuple)) and len(kinds) == len(texts) else [None] * len(texts)
+            return [float(self.score(self.fmt, text, gold, self.task, kind)) for text, gold, kind in zip(texts, golds, kinds)]
         return [float(self.score(self.fmt, text, gold)) for text, gold in zip(texts, golds)]
 
 

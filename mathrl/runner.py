@@ -34,7 +34,8 @@ from mathrl.experiment import Stage, experiment_budget, load_experiments, load_k
 from mathrl.files import atomic_write_json
 
 DONE = ("cached", "ran", "resumed")  # outcomes after which dependants may run
-KNOWN_TEST_SIZES = {"gsm8k": 1319, "arithmetic": 300, "linear_equations": 500}  # for the dry-run estimate only
+KNOWN_TEST_SIZES = {"gsm8k": 1319, "arithmetic": 300, "linear_equations": 500, "svamp": 300, "gsm_hard": 1319,
+                    "asdiv": 2305, "mawps": 520, "gsm_plus": 10552, "math500": 500, "math": 5000}  # dry-run estimate only (hub sizes)
 
 
 def _now() -> str:

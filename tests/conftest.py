@@ -112,3 +112,22 @@ def gsm8k_dir(monkeypatch) -> Path:
         pytest.skip(f"GSM8K data not found at {GSM8K_DIR}")
     monkeypatch.setenv("MATHRL_DATA_DIR", str(GSM8K_DIR))
     return GSM8K_DIR
+
+
+SHARED_DATA = GSM8K_DIR.parent  # ../shared/data: gsm8k/, svamp/, gsm_hard/ (real copies, never committed)
+FIXTURES = Path(__file__).resolve().parent / "fixtures"  # small made-up rows for the other held-out sets
+HELDOUT_FIXTURES = ("asdiv", "mawps", "gsm_plus", "math500", "math")
+
+
+@pytest.fixture
+def suite_data_dir(tmp_path) -> Path:
+    """A suite data directory: DIR/<task>/test.jsonl, symlinked from the shared data and the fixtures."""
+    root = tmp_path / "data"
+    root.mkdir()
+    for name in ("gsm8k", "svamp", "gsm_hard"):
+        if not (SHARED_DATA / name / "test.jsonl").exists():
+            pytest.skip(f"{name} data not found at {SHARED_DATA / name}")
+        (root / name).symlink_to(SHARED_DATA / name)
+    for name in HELDOUT_FIXTURES:
+        (root / name).symlink_to(FIXTURES / name)
+    return root

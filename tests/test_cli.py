@@ -51,7 +51,9 @@ def test_grade_output_and_json(tmp_path):
     out = tmp_path / "graded.jsonl"
     res = invoke("grade", "--input", str(inp), "--output", str(out), "--json")
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output.strip().splitlines()[-1]) == {"n": 4, "accuracy_strict": 0.25, "accuracy_flexible": 0.75}
+    summary = json.loads(res.output.strip().splitlines()[-1])
+    assert {k: summary[k] for k in ("n", "accuracy_strict", "accuracy_flexible")} == {"n": 4, "accuracy_strict": 0.25, "accuracy_flexible": 0.75}
+    assert summary["treatments"] == {"number": 4}
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 4
     verdicts = [(r["pred_strict"], r["pred_flexible"], r["correct_strict"], r["correct_flexible"]) for r in rows]
@@ -68,7 +70,8 @@ def test_grade_gold_field_and_human_output(tmp_path):
     res = invoke("grade", "--input", str(inp), "--gold-field", "gold", "--completion-field", "text",
                  "--format", "think", "--json")
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output) == {"n": 2, "accuracy_strict": 0.5, "accuracy_flexible": 1.0}
+    summary = json.loads(res.output)
+    assert {k: summary[k] for k in ("n", "accuracy_strict", "accuracy_flexible")} == {"n": 2, "accuracy_strict": 0.5, "accuracy_flexible": 1.0}
     res = invoke("grade", "--input", str(inp), "--completion-field", "text", "--format", "think")  # gold: 'answer'
     assert res.exit_code == 0 and "n=2" in res.output and "strict=50.0%" in res.output and "flexible=0.0%" in res.output
     # without an 'answer' field, 'gold' is used

@@ -287,3 +287,19 @@ def test_wilson_interval():
 def test_library_versions():
     v = evaluate.library_versions()
     assert v["python"].count(".") == 2 and "torch" in v and "transformers" in v
+
+
+def test_summarize_breaks_down_by_metadata_and_counts_treatments():
+    rows = [_row("a", 0, "1", "1", "1") | {"subject": "Algebra", "perturbation_type": "p1", "answer_type": "math"},
+            _row("b", 0, None, "2", "2") | {"subject": "Algebra", "perturbation_type": "p2", "answer_type": "math"},
+            _row("c", 0, "3", "3", "3") | {"subject": "Geometry", "perturbation_type": "p2", "answer_type": "text"},
+            _row("d", 0, "9", "9", "4") | {"subject": "Geometry", "answer_type": "no_answer"}]
+    out = summarize(rows, 1)
+    assert out["treatments"] == {"math": 2, "no_answer": 1, "text": 1}
+    by = out["accuracy_by"]
+    assert by["subject"] == {"Algebra": {"n": 2, "strict": 0.5, "flexible": 1.0},
+                             "Geometry": {"n": 2, "strict": 0.5, "flexible": 0.5}}
+    assert by["perturbation_type"] == {"p1": {"n": 1, "strict": 1.0, "flexible": 1.0}, "p2": {"n": 2, "strict": 0.5, "flexible": 1.0}}
+    assert set(by["answer_type"]) == {"math", "text", "no_answer"} and "level" not in by
+    assert "accuracy_flexible_by_level" not in out
+    assert summarize([r | {"level": 1} for r in rows], 1)["accuracy_by"].get("level") is None  # one value: no breakdown

@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 
 from mathrl import formats
 from mathrl.errors import MathrlError
-from mathrl.evaluate import select_shots
+from mathrl.evaluate import lmeval_draws, question_shots, select_shots
 from mathrl.formats import FORMATS, Protocol, build_prompt, default_stop, get_format, preset
 from mathrl.grading import normalize
-from mathrl.tasks import get_task
+from mathrl.tasks import get_task, subsample
 
 ANSWERS = ["18", "-7", "1,234", "2.5", "0", "1000000", "-0.25"]
 REASONING = "Ava has 5 apples.\nShe buys 3 * 4 = 12 more.\n5 + 12 = 17, minus 0 = 17"
@@ -159,9 +159,9 @@ def test_select_shots_errors(tmp_path):
         select_shots(get_task("jsonl", path=str(path)), Protocol(shots=2), FORMATS["gsm8k"])
 
 
-def test_lm_eval_gsm8k_protocol(gsm8k_dir):
-    fields = preset("lm-eval-gsm8k")
-    assert fields is not formats.PROTOCOLS["lm-eval-gsm8k"]  # a copy: callers may edit it
+def test_lm_eval_gsm8k_first5_protocol(gsm8k_dir):
+    fields = preset("lm-eval-gsm8k-first5")
+    assert fields is not formats.PROTOCOLS["lm-eval-gsm8k-first5"]  # a copy: callers may edit it
     proto = Protocol(**fields)
     assert proto.shots == 5 and proto.chat_template is False and proto.shot_selection == "first"
     assert "Question:" in default_stop(proto)
@@ -179,3 +179,46 @@ def test_lm_eval_gsm8k_protocol(gsm8k_dir):
     assert blocks[-1] == f"Question: {question}\nAnswer:"
     assert "<<48/2=24>>" in text and "<|im_start|>" not in text
     assert not text.startswith(FORMATS["gsm8k"].instruction)
+
+
+def test_lm_eval_gsm8k_stock_protocol_draws_per_question(gsm8k_dir):
+    """Stock lm-eval 0.4: one Random(1234) per task, `rnd.sample(train, 5)` for each test doc in order."""
+    import random
+
+    proto = Protocol(**preset("lm-eval-gsm8k"))
+    assert proto.shot_selection == "lm-eval" and proto.shot_seed == 1234 and proto.shots == 5
+    task = get_task("gsm8k")
+    test, train = task.load_test(), task.load_train()
+    train_raw = [json.loads(line) for line in (gsm8k_dir / "train.jsonl").read_text().splitlines()]
+    rnd = random.Random(1234)
+    expected = [[(r["question"], r["answer"]) for r in rnd.sample(train_raw, 5)] for _ in range(40)]
+    fmt = proto.resolved_format()
+    every = question_shots(task, proto, fmt, test[:40], test)
+    assert [every[s.id] for s in test[:40]] == expected
+    assert len({tuple(q for q, _ in v) for v in every.values()}) == 40  # not one shared set
+    # a --limit subset gets each question's shots from its position in the whole split
+    subset = subsample(test[:40], 7, 3)
+    assert question_shots(task, proto, fmt, subset, test) == {s.id: every[s.id] for s in subset}
+    text = build_prompt(test[5].question, proto, None, every[test[5].id])
+    assert text.split("\n\n")[0] == f"Question: {expected[5][0][0]}\nAnswer: {expected[5][0][1]}"
+    with pytest.raises(MathrlError, match="per question"):
+        select_shots(task, proto, fmt)
+    assert len(train) == len(train_raw)
+
+
+def test_lmeval_draws_equal_lm_evals_own_sampler():
+    samplers = pytest.importorskip("lm_eval.api.samplers")  # installed for the benchmark, not a dependency
+    pool = [{"question": f"q{i}", "answer": str(i)} for i in range(50)]
+    for same_split in (False, True):
+        sampler = samplers.ContextSampler(pool, rnd=None)
+        sampler.set_rnd(1234)
+        theirs = [[int(d["answer"]) for d in sampler.sample(n=4, eval_doc=pool[i] if same_split else None)] for i in range(30)]
+        assert lmeval_draws(len(pool), 4, 30, 1234, same_split) == theirs
+        if same_split:
+            assert all(i not in draw for i, draw in enumerate(theirs))
+
+
+def test_unknown_shot_selection():
+    task = get_task("arithmetic", train_size=10)
+    with pytest.raises(MathrlError, match="unknown shot_selection 'best'"):
+        select_shots(task, Protocol(shots=2, shot_selection="best"), FORMATS["gsm8k"])

@@ -84,11 +84,11 @@ def test_eval_gsm8k_embedded(tmp_path):
 @requires_gsm8k
 def test_eval_lm_eval_protocol_embedded(tmp_path):
     out = tmp_path / "lmeval"
-    summary = run_eval_cli(out, "--task", "gsm8k", "--protocol", "lm-eval-gsm8k", "--limit", "2", "--max-new-tokens", "32")
+    summary = run_eval_cli(out, "--task", "gsm8k", "--protocol", "lm-eval-gsm8k-first5", "--limit", "2", "--max-new-tokens", "32")
     rows = rows_of(out)
     first = json.loads((GSM8K_DIR / "train.jsonl").read_text().splitlines()[0])
     assert len(rows) == 2
-    assert summary["protocol"]["name"] == "lm-eval-gsm8k" and summary["protocol"]["shots"] == 5
+    assert summary["protocol"]["name"] == "lm-eval-gsm8k-first5" and summary["protocol"]["shots"] == 5
     assert "Question:" in summary["protocol"]["stop"]
     for r in rows:
         assert r["prompt"].startswith(f"Question: {first['question']}\nAnswer: {first['answer']}\n\n")

@@ -331,3 +331,23 @@ def test_cache_key_ignores_location_and_runner_owned_settings(tmp_path):
     write_exp(f, {"stages": {"s": {"kind": "sft", "epochs": 2}}, "eval": {"models": ["base", "s"]}})
     c = experiment.load_experiments(f, tmp_path / "a")["tiny"]
     assert [x.key == y.key for x, y in zip(a, c)] == [True, False, False]  # the stage and its dependant change
+
+
+def test_eval_grid_suite_expands_to_its_tasks_and_formats(tmp_path):
+    from mathrl.suite import SUITES
+
+    f = write_exp(tmp_path / "exp.yaml", {"defaults": {"model": "org/m"},
+                                          "eval": {"suite": "generalisation", "tasks": ["arithmetic"], "limit": 5}})
+    stages = {s.name: s for s in experiment.load_experiments(f, tmp_path)["tiny"]}
+    want = ["eval/base/arithmetic-gsm8k-chat-0shot"] + [
+        f"eval/base/{e.label}-{e.resolved_format()}-chat-0shot" for e in SUITES["generalisation"]]
+    assert list(stages) == want and "eval/base/math500-boxed-chat-0shot" in stages
+    assert stages["eval/base/math500-boxed-chat-0shot"].config.protocol.format == "boxed"
+    assert all(s.config.limit == 5 and s.config.model == "org/m" for s in stages.values())
+    # formats given: every suite task uses them; a custom list works too; a bad suite name is one clear error
+    write_exp(f, {"eval": {"suite": ["svamp", "math:algebra"], "formats": ["tags"]}})
+    assert [s.name for s in experiment.load_experiments(f, tmp_path)["tiny"]] == [
+        "eval/base/svamp-tags-chat-0shot", "eval/base/math.algebra-tags-chat-0shot"]
+    write_exp(f, {"eval": {"suite": "generalization"}})
+    with pytest.raises(MathrlError, match="unknown suite 'generalization'"):
+        experiment.load_experiments(f, tmp_path)

@@ -54,7 +54,7 @@ class EvenOnly(Task):
 
     name = "even_only"
 
-    def check_answer(self, pred, gold):
+    def check_answer(self, pred, gold, answer_type=None):
         return pred == gold and int(gold) % 2 == 0
 
 

@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 from mathrl import grading
 from mathrl.errors import MathrlError
+from mathrl.tasks import answers
 
 
 @dataclass
@@ -25,17 +26,25 @@ class Sample:
 
 
 class Task:
-    """Subclasses set `name`, `configs` and implement `load_split`."""
+    """Subclasses set `name`, `configs` and implement `load_split`.
+
+    `answer_type` (number, math, text; see mathrl.tasks.answers) is the task's kind of gold answer;
+    a sample whose gold is of another kind says so in `meta["answer_type"]`. Evaluation and
+    `mathrl grade` get every verdict from `grade` → `extract` and `check_answer`."""
 
     name: str = ""
     configs: tuple[str, ...] = ("default",)
     splits: tuple[str, ...] = ("train", "test")
+    answer_type: str = "number"
+    default_format: str = "gsm8k"  # the format a suite uses for this task unless told otherwise
 
     def __init__(self, config: str | None = None, **options: Any):
         self.config = config or self.configs[0]
         if self.configs and "*" not in self.configs and self.config not in self.configs:
             raise MathrlError(f"task {self.name!r} has no config {self.config!r}; choose one of: {', '.join(self.configs)}")
         self.options = options
+        self.source: dict[str, Any] = {}  # where the last split came from (file, or hub id/config/split)
+        self.excluded: dict[str, int] = {}  # reason → samples dropped at load time (a documented rule)
 
     def load_split(self, split: str) -> list[Sample]:
         raise NotImplementedError
@@ -54,11 +63,43 @@ class Task:
     def extract_answer(self, text: str) -> str | None:
         return grading.extract_flexible(text)
 
-    def check_answer(self, pred: str | None, gold: str) -> bool:
-        return grading.answers_match(pred, gold)
+    def read_gold(self, value: Any) -> tuple[str, str] | None:
+        """(gold, answer type) of a gold answer as another harness wrote it ("#### 1,000", 18.0,
+        "\\sqrt{2}"), or None when there is none. Not a plain number: math (math-verify decides)."""
+        from mathrl.tasks.gsm8k import split_answer  # gsm8k imports this module
+
+        raw = grading.answer_text(value)
+        if not raw:
+            return None
+        final = split_answer(raw)[1]
+        text = final if final is not None else raw
+        return (grading.normalize(text) or text, "number") if grading.is_plain_number(text) else (text, "math")
+
+    def sample_answer_type(self, sample: Sample) -> str:
+        return sample.meta.get("answer_type", self.answer_type)
+
+    def extract(self, fmt: Any, text: str | None, kind: str, answer_type: str | None = None) -> str | None:
+        """The `kind` ("strict" or "flexible") prediction in `text`, read as `answer_type`."""
+        return answers.extract(fmt, text, kind, answer_type or self.answer_type)
+
+    def check_answer(self, pred: str | None, gold: str, answer_type: str | None = None) -> bool:
+        return answers.match(pred, gold, answer_type or self.answer_type)
+
+    def grade(self, fmt: Any, completion: str, gold: str, answer_type: str | None = None) -> dict[str, Any]:
+        """Strict and flexible predictions and verdicts of one completion."""
+        kind = answer_type or self.answer_type
+        strict, flexible = self.extract(fmt, completion, "strict", kind), self.extract(fmt, completion, "flexible", kind)
+        return {"pred_strict": strict, "pred_flexible": flexible,
+                "correct_strict": self.check_answer(strict, gold, kind), "correct_flexible": self.check_answer(flexible, gold, kind)}
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "config": self.config, **{k: v for k, v in self.options.items() if v is not None}}
+        out = {"name": self.name, "config": self.config, "answer_type": self.answer_type,
+               **{k: v for k, v in self.options.items() if v is not None}}
+        if self.source:
+            out["source"] = dict(self.source)
+        if self.excluded:
+            out["excluded"] = dict(self.excluded)
+        return out
 
 
 TASKS: dict[str, type[Task]] = {}
@@ -85,6 +126,18 @@ def data_dir(explicit: str | os.PathLike | None) -> Path | None:
     """--data-dir, else the MATHRL_DATA_DIR environment variable, else None (use the hub)."""
     value = explicit or os.environ.get("MATHRL_DATA_DIR")
     return Path(value) if value else None
+
+
+def load_hub(hub_id: str, config: str | None, split: str, task: str, advice: str) -> list[dict[str, Any]]:
+    """Rows of a hub dataset through `datasets`; any failure is one line naming it and the way out."""
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(hub_id, config, split=split)
+    except Exception as e:  # noqa: BLE001 - any hub/network failure gets the same advice
+        where = f"{config}/{split}" if config else split
+        raise MathrlError(f"{task}: could not load {hub_id} ({where}) from the hub: {type(e).__name__}; {advice}") from None
+    return list(ds)
 
 
 def subsample(samples: list[Sample], n: int | None, seed: int) -> list[Sample]:

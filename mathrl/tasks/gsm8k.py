@@ -1,8 +1,8 @@
 """GSM8K (openai/gsm8k): grade-school word problems; gold = the number after '####'.
 
 Loads from a local directory (--data-dir or MATHRL_DATA_DIR) holding `train.jsonl`/`test.jsonl`
-(and `*_socratic.jsonl`), or the hub's parquet layout (`main/test-*.parquet`); otherwise from the hub
-through `datasets`.
+(and `*_socratic.jsonl`), or the hub's parquet layout (`main/test-*.parquet`), or the parent of such a
+`gsm8k/` folder (the layout of a suite's data directory); otherwise from the hub through `datasets`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from mathrl import grading
 from mathrl.errors import MathrlError
 from mathrl.files import read_records
-from mathrl.tasks.base import Sample, Task, data_dir, register
+from mathrl.tasks.base import Sample, Task, data_dir, load_hub, register
 
 HUB_ID = "openai/gsm8k"
 
@@ -37,7 +37,9 @@ class GSM8K(Task):
 
     def _local_files(self, root: Path, split: str) -> list[Path]:
         stem = split if self.config == "main" else f"{split}_socratic"
-        candidates = [root / f"{stem}.jsonl", root / f"{stem}.json", root / self.config / f"{split}.jsonl"]
+        # root is the GSM8K folder itself, or (as for a suite) the parent holding a gsm8k/ folder
+        candidates = [root / f"{stem}.jsonl", root / f"{stem}.json", root / self.config / f"{split}.jsonl",
+                      root / "gsm8k" / f"{stem}.jsonl"]
         candidates += sorted((root / self.config).glob(f"{split}-*.parquet"))
         return [p for p in candidates if p.exists()]
 
@@ -51,17 +53,15 @@ class GSM8K(Task):
                     f"{'train' if split == 'train' else 'test'}{'' if self.config == 'main' else '_socratic'}.jsonl "
                     f"or {self.config}/{split}-*.parquet)"
                 )
+            self.source = {"path": str(files[0])}
             return [(str(files[0]), n, row) for n, row in read_records(files[0])]
-        try:
-            import datasets
+        self.source = {"hub": HUB_ID, "hub_split": split}
+        rows = load_hub(HUB_ID, self.config, split, "gsm8k",
+                        "point --data-dir or MATHRL_DATA_DIR at a directory with train.jsonl and test.jsonl")
+        return [(HUB_ID, i + 1, row) for i, row in enumerate(rows)]
 
-            ds = datasets.load_dataset(HUB_ID, self.config, split=split)
-        except Exception as e:  # noqa: BLE001 - any hub/network failure gets the same advice
-            raise MathrlError(
-                f"could not load {HUB_ID} ({self.config}/{split}) from the hub: {type(e).__name__}; "
-                "point --data-dir or MATHRL_DATA_DIR at a directory with train.jsonl and test.jsonl"
-            ) from None
-        return [(HUB_ID, i + 1, row) for i, row in enumerate(ds)]
+    def describe(self) -> dict:
+        return super().describe() | {"hub_id": HUB_ID, "hub_configs": [self.config], "licence": "MIT"}
 
     def load_split(self, split: str) -> list[Sample]:
         samples = []

@@ -206,7 +206,7 @@ def build_trainer(cfg: GRPORunConfig) -> tuple[Any, list[Sample], dict[str, Any]
     check_markers(tokenizer, protocol.resolved_format().markers)
     # TRL tokenizes string prompts with special tokens on: hand it text that gives evaluation's ids
     dataset = Dataset.from_list([{"prompt": text_for_tokenizer(tokenizer, formats.build_prompt(s.question, protocol, tokenizer)),
-                                  "answer": s.answer} for s in samples])
+                                  "answer": s.answer, "answer_type": task.sample_answer_type(s)} for s in samples])
     on_cuda = common.cuda_available()
     args = GRPOConfig(
         output_dir=cfg.output_dir, max_steps=cfg.max_steps, per_device_train_batch_size=cfg.completions_per_step(),

@@ -297,7 +297,7 @@ def run_ppo(cfg: PPORunConfig) -> dict[str, Any]:
                              accelerator.num_processes, cfg.seed)
         batch, rollout_stats, texts = collect_rollouts(
             unwrapped, ref, tokenizer, [prompts[i] for i in idx], [samples[i].answer for i in idx], cfg,
-            settings, reward_funcs, weights, autocast)
+            settings, reward_funcs, weights, autocast, [task.sample_answer_type(samples[i]) for i in idx])
         agent.train()
         stats = optimize(agent, accelerator, optimizer, scheduler, batch, cfg, autocast)
         step += 1

@@ -92,8 +92,8 @@ def _in_chunks(fn: Callable[[slice], tuple], n: int, chunk: int) -> list[torch.T
 
 
 def collect_rollouts(agent: Any, ref: Any, tokenizer: Any, prompts: list[str], golds: list[str], cfg: Any,
-                     settings: Any, reward_funcs: list[Callable], weights: list[float], autocast: Callable
-                     ) -> tuple[Rollout, dict[str, float], tuple[list, list, list]]:
+                     settings: Any, reward_funcs: list[Callable], weights: list[float], autocast: Callable,
+                     answer_types: list[str] | None = None) -> tuple[Rollout, dict[str, float], tuple[list, list, list]]:
     """(rollout batch, its statistics for the log, (prompts, completions, scores) per rollout).
 
     Completions come from the evaluation engine (`generation.sample_shared_prompts` with `settings`),
@@ -104,6 +104,7 @@ def collect_rollouts(agent: Any, ref: Any, tokenizer: Any, prompts: list[str], g
     policy, device = agent.policy, agent.value_head.weight.device
     reps = cfg.rollouts_per_prompt
     prompts = [p for p in prompts for _ in range(reps)]
+    kinds = [k for k in (answer_types or [None] * len(golds)) for _ in range(reps)]
     golds = [g for g in golds for _ in range(reps)]
     prompt_ids = decoding.encode_prompts(tokenizer, prompts)
     eos = decoding.eos_token_ids(tokenizer, policy)
@@ -115,7 +116,7 @@ def collect_rollouts(agent: Any, ref: Any, tokenizer: Any, prompts: list[str], g
     generate_time = time.perf_counter() - t0
     completions = [c.token_ids for c in drawn]
     texts = [c.text for c in drawn]
-    per_reward = torch.tensor([f(prompts=prompts, completions=texts, answer=golds) for f in reward_funcs],
+    per_reward = torch.tensor([f(prompts=prompts, completions=texts, answer=golds, answer_type=kinds) for f in reward_funcs],
                               dtype=torch.float32)
     scores = (torch.tensor(weights, dtype=torch.float32)[:, None] * per_reward).sum(0)
     input_ids, attention_mask, mask = (t.to(device) for t in _pad(prompt_ids, completions, pad_id))
