@@ -234,30 +234,23 @@ def test_text_and_no_answer_verdicts():
     assert math.grade(boxed, "$\\boxed{\\frac{4}{2}}$", "2", "math")["correct_strict"]
 
 
-def test_extended_grader_is_used_once_it_takes_answer_type(monkeypatch):
-    """The integration point: when grading's functions accept answer_type, they decide."""
+def test_math_answers_are_judged_by_the_grader_as_math(monkeypatch):
+    """Math golds go to grading.answers_match with answer_type="math" (Math-Verify), text golds to the
+    normalised string match, number golds to the numeric comparison."""
     seen = []
+    real = grading.answers_match
 
     def answers_match(pred, gold, answer_type="number"):
-        seen.append(("match", answer_type))
-        return pred == "OK"
+        seen.append(answer_type)
+        return real(pred, gold, answer_type=answer_type)
 
     monkeypatch.setattr(grading, "answers_match", answers_match)
-
-    class Fmt:
-        strict_pattern, strict_take, name = r"(x)", "last", "custom"
-
-        def extract_strict(self, text, answer_type="number"):
-            seen.append(("strict", answer_type))
-            return "OK"
-
-        def extract_flexible(self, text, answer_type="number"):
-            seen.append(("flexible", answer_type))
-            return "no"
-
-    v = get_task("asdiv").grade(Fmt(), "anything", "Mrs. Hilt", "text")
-    assert (v["correct_strict"], v["correct_flexible"]) == (True, False)
-    assert seen == [("strict", "text"), ("flexible", "text"), ("match", "text"), ("match", "text")]
+    fmt = FORMATS["boxed"]
+    v = get_task("math500").grade(fmt, "so $\\boxed{\\frac{\\sqrt{3}}{2}}$", "\\frac{\\sqrt{3}}{2}")
+    assert v["correct_strict"] and seen and set(seen) == {"math"}
+    seen.clear()
+    assert get_task("asdiv").grade(FORMATS["answer_is"], "The answer is Mrs. Hilt.", "Mrs. Hilt", "text")["correct_strict"]
+    assert seen == []
 
 
 # --------------------------------------------------------------------------------------------------

@@ -23,10 +23,8 @@ either side of that change. ``no_answer`` stays here: it is a task rule, not a g
 
 from __future__ import annotations
 
-import functools
-import inspect
 import re
-from typing import Any, Callable
+from typing import Any
 
 from mathrl import grading
 from mathrl.formats import FORMATS, Format
@@ -52,19 +50,6 @@ _TEXT_MARKERS = {
 }
 _UNIT_RE = re.compile(r"\s*\([^()]*\)")  # ASDiv writes units in brackets: "9 (apples)"
 _ARTICLE_RE = re.compile(r"^(?:that|the|a|an)\s+")
-
-
-@functools.lru_cache(maxsize=None)
-def _takes_answer_type(fn: Callable[..., Any]) -> bool:
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return "answer_type" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-
-
-def _accepts(fn: Callable[..., Any]) -> bool:
-    return _takes_answer_type(getattr(fn, "__func__", fn))  # bound methods: look at the function
 
 
 def normalize_text(text: str | None) -> str:
@@ -125,13 +110,14 @@ def _raw_flexible(fmt: Format, text: str | None, answer_type: str) -> str | None
 
 
 def extract(fmt: Format, text: str | None, kind: str, answer_type: str = "number") -> str | None:
-    """The strict or flexible prediction of a completion for an answer of this type."""
-    method = fmt.extract_strict if kind == "strict" else fmt.extract_flexible
+    """The strict or flexible prediction of a completion for an answer of this type. Numbers go through the
+    format's own extractors; other answers are read as text from the format's marker (whose own pattern
+    may capture digits only), strict within the format's strict region."""
     if answer_type == "number":
-        return method(text)
-    if answer_type != "no_answer" and _accepts(method):  # the extended grader, once it has landed
-        return method(text, answer_type=answer_type)
-    return raw_strict(fmt, text) if kind == "strict" else _raw_flexible(fmt, text, answer_type)
+        return fmt.extract_strict(text) if kind == "strict" else fmt.extract_flexible(text)
+    if kind == "strict":
+        return raw_strict(fmt, fmt.strict_region(grading.answer_text(text)))
+    return _raw_flexible(fmt, text, answer_type)
 
 
 def match(pred: str | None, gold: str | None, answer_type: str = "number") -> bool:
@@ -140,13 +126,8 @@ def match(pred: str | None, gold: str | None, answer_type: str = "number") -> bo
         return False
     if answer_type == "no_answer":
         return says_unanswerable(pred)
-    if answer_type == "number" or not _accepts(grading.answers_match):
-        if answer_type == "text":
-            return _text_match(pred, gold)
-        if answer_type == "math" and gold is not None and grading.is_plain_number(gold) and not grading.is_plain_number(pred):
-            # answers_match would compare the expression's first number ("\\sqrt{2}" → 2) with the gold
-            return grading._math_verify(pred, gold)  # noqa: SLF001 - until answers_match takes answer_type
-        return grading.answers_match(pred, gold)  # numbers, and math via its math-verify fallback
+    if answer_type == "text":
+        return _text_match(pred, gold)
     return grading.answers_match(pred, gold, answer_type=answer_type)
 
 
