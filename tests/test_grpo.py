@@ -276,3 +276,9 @@ def test_dependency_ranges_have_upper_bounds():
     for name in ("transformers", "trl", "peft", "accelerate"):
         assert "<" in spec[name], spec[name]
     assert all(bound in spec["trl"].replace(" ", "") for bound in TESTED_TRL)
+
+
+def test_optimizer_settings_reach_trl(tiny_model_dir, tmp_path):
+    """max_grad_norm and weight_decay were once swallowed by a comment in build_trainer (TRL's defaults ran)."""
+    trainer, _, _ = build_trainer(make_cfg(tiny_model_dir, tmp_path, max_grad_norm=0.3, weight_decay=0.1))
+    assert (trainer.args.max_grad_norm, trainer.args.weight_decay) == (0.3, 0.1)

@@ -215,7 +215,8 @@ def build_trainer(cfg: GRPORunConfig) -> tuple[Any, list[Sample], dict[str, Any]
         beta=cfg.beta, loss_type=cfg.loss_type, epsilon=cfg.epsilon, num_iterations=cfg.num_iterations,
         scale_rewards=cfg.scale_rewards, mask_truncated_completions=cfg.mask_truncated_completions,
         reward_weights=weights, learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=cfg.warmup_ratio,  # transformers 5 reads a value below 1 as a fraction of the steps max_grad_norm=cfg.max_grad_norm, weight_decay=cfg.weight_decay,
+        warmup_steps=cfg.warmup_ratio,  # transformers 5 reads a value below 1 as a fraction of the steps
+        max_grad_norm=cfg.max_grad_norm, weight_decay=cfg.weight_decay,
         activation_checkpointing=on_cuda if cfg.gradient_checkpointing is None else cfg.gradient_checkpointing,
         optim=common.pick_optimizer(cfg.optim),
         bf16=cfg.dtype in ("auto", "bf16") and (on_cuda or models.cpu_has_fast_bf16()),
