@@ -88,6 +88,11 @@ def grpo(
     vllm_mode: Optional[str] = typer.Option(None, help="colocate or server (start `trl vllm-serve` first)."),
     vllm_server_url: Optional[str] = typer.Option(None, help="Server mode: the vLLM server's URL (default http://0.0.0.0:8000)."),
     fast: Optional[bool] = typer.Option(None, "--fast/--stock", help="mathrl's shared-prompt trainer, or stock TRL."),
+    dynamic_sampling: Optional[bool] = typer.Option(
+        None, "--dynamic-sampling/--no-dynamic-sampling",
+        help="Replace groups whose rewards are all equal (no gradient) by groups for other prompts (default on)."),
+    max_refills: Optional[int] = typer.Option(None, help="Dynamic sampling: replacement rounds per step (0: only measure)."),
+    prompt_policy: Optional[str] = typer.Option(None, help="uniform, or pass_rate (prefer prompts sometimes solved)."),
     save_steps: Optional[int] = typer.Option(None), seed: Optional[int] = typer.Option(None),
     report_to: Optional[str] = typer.Option(None, help="none, tensorboard, trackio or wandb."),
     merge: Optional[bool] = typer.Option(None, "--merge/--no-merge", help="LoRA: also write merged weights."),
@@ -104,7 +109,8 @@ def grpo(
                      max_completion_length=max_completion_length, num_samples=num_samples, beta=beta,
                      loss_type=loss_type, temperature=temperature, method=method, max_steps=max_steps,
                      max_minutes=max_minutes, learning_rate=lr, dtype=dtype, vllm=vllm, vllm_mode=vllm_mode,
-                     vllm_server_url=vllm_server_url, fast=fast,
+                     vllm_server_url=vllm_server_url, fast=fast, dynamic_sampling=dynamic_sampling,
+                     max_refills=max_refills, prompt_policy=prompt_policy,
                      save_steps=save_steps, seed=seed, report_to=report_to, merge=merge, resume=resume or None,
                      output_dir=output_dir)
     if task_arg:

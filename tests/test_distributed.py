@@ -129,3 +129,22 @@ def test_torchrun_ppo_two_ranks(tiny_model_dir, tmp_path):
     assert [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()] == [1, 2]
     assert json.loads((out / "mathrl_config.json").read_text())["world_size"] == 2
     check_loads(out)
+
+
+def test_torchrun_grpo_dynamic_sampling_refills_one_rank_only(tiny_model_dir, tmp_path):
+    """Rank 0's groups never have reward spread, rank 1's always do: rank 0 runs refill rounds rank 1 does not
+    need, and both must join every round's collectives (no deadlock), with weights equal after every step."""
+    out = tmp_path / "grpo-dyn"
+    proc, events = torchrun(tmp_path, "grpo", "--model", str(tiny_model_dir), "--task", "arithmetic", "--task-config", "1",
+                            "--num-samples", "8", "--num-generations", "2", "--prompts-per-step", "2",
+                            "--max-completion-length", "8", "--max-steps", "2", "--dtype", "fp32", "--output-dir", str(out),
+                            "--rewards", "probe_rewards.constant_on_rank0", "--lr", "1e-2", "--max-refills", "2")
+    check_ranks(proc, events, out, steps=2)
+    check_same_weights(events, 2)
+    steps = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines() if '"reward"' in line]
+    assert len(steps) == 2
+    for row in steps:
+        # 4 groups (2 per rank): rank 0's 2 never get spread (rank 1's 2-completion groups may tie by chance, and
+        # are then refilled); rank 0 needs 2 groups in each of the 2 rounds, so both ranks generate 2 per round
+        assert 0.5 <= row["dynamic/zero_std_after"] <= row["dynamic/zero_std_before"]
+        assert (row["dynamic/refills"], row["dynamic/extra_prompts"]) == (2, 8)

@@ -87,19 +87,25 @@ def token_logps(lm_head: Any, hidden: torch.Tensor, labels: torch.Tensor, mask: 
 
 
 # The TRL releases these overrides were written and tested against, and the private signatures they
-# replace. Another release may call them differently (TRL 1.9 passes other arguments to
-# `_generate_single_turn`: a TypeError at step 1), so `fast_path_supported` checks both at start-up.
+# replace (or, for dynamic sampling, call). Another release may call them differently (TRL 1.9 passes
+# other arguments to `_generate_single_turn`: a TypeError at step 1), so `fast_path_supported` checks
+# both at start-up.
 TESTED_TRL = (">=1.16", "<1.17")
 _OVERRIDDEN = {
     "_get_per_token_logps_and_entropies": ["self", "model", "input_ids", "attention_mask", "logits_to_keep",
                                            "batch_size", "compute_entropy", "compute_aux_loss", *_MULTIMODAL],
     "_generate_single_turn": ["self", "prompt_ids", "images", "multimodal_fields", "num_generations", "has_tool_images"],
+    # mathrl.train.dynamic_sampling: overrides the first, calls the other two
+    "_generate_and_score_completions": ["self", "inputs"],
+    "_calculate_rewards": ["self", "inputs", "prompts", "completions", "completion_ids_list"],
+    "_tokenize_prompts": ["self", "prompts"],
 }
 
 
 def fast_path_supported() -> str | None:
-    """None when the installed TRL has the private methods FastGRPOTrainer overrides, with the tested
-    signatures; else the reason (then stock GRPOTrainer runs)."""
+    """None when the installed TRL has the private methods FastGRPOTrainer and dynamic sampling override
+    or call, with the tested signatures; else the reason (then stock GRPOTrainer runs, without dynamic
+    sampling)."""
     return trl_mismatch(GRPOTrainer, _OVERRIDDEN)
 
 

@@ -5,6 +5,8 @@ Prompts are exactly the evaluation prompts (`formats.build_prompt`), the rewards
 Per step the log holds each reward's mean and std, the total reward, the fraction of groups with
 zero reward spread, completion lengths, the clipped ratio, KL (beta > 0), entropy and step time, plus
 an `alarm` field when the format reward rises while correctness stays flat (reward hacking).
+With dynamic sampling (the default) those describe the batch trained on, after groups without reward
+spread were replaced; `dynamic/*` keys give the batch as drawn (see mathrl.train.dynamic_sampling).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from mathrl.train.common import PromptSettings
 from mathrl.tasks import Sample, get_task
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
+PROMPT_POLICIES = ("uniform", "pass_rate")  # see mathrl.train.dynamic_sampling
 
 
 @dataclass
@@ -41,6 +44,15 @@ class GRPORunConfig(PromptSettings):
     num_iterations: int = 1
     scale_rewards: str = field(default="group", metadata={"help": "group | batch | none"})
     mask_truncated_completions: bool = False
+    dynamic_sampling: bool = field(default=True, metadata={"help": (
+        "DAPO dynamic sampling: within a step, groups whose completions all got the same reward (zero advantage, "
+        "no gradient) are replaced by groups for other training prompts, generated and scored, for up to "
+        "max_refills rounds; the step trains on the refilled batch (same size)")})
+    max_refills: int = field(default=2, metadata={"help": "dynamic sampling: replacement rounds per step (0: only measure)"})
+    prompt_policy: str = field(default="uniform", metadata={"help": (
+        "uniform: replacements drawn uniformly (seeded); pass_rate: a per-prompt record of correctness steers "
+        "the step's prompts and replacements toward prompts neither always nor never solved (needs dynamic_sampling "
+        "and a correctness reward)")})
     learning_rate: float = 1e-5
     lr_scheduler: str = "constant_with_warmup"
     warmup_ratio: float = 0.0
@@ -99,6 +111,10 @@ class GRPORunConfig(PromptSettings):
             (self.scale_rewards in ("group", "batch", "none"), f"scale_rewards must be group, batch or none, got {self.scale_rewards!r}"),
             (self.max_steps >= 1, f"max_steps must be at least 1, got {self.max_steps}"),
             (0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}"),
+            (self.max_refills >= 0, f"max_refills must be >= 0, got {self.max_refills}"),
+            (self.prompt_policy in PROMPT_POLICIES, f"prompt_policy must be one of {', '.join(PROMPT_POLICIES)}, got {self.prompt_policy!r}"),
+            (self.prompt_policy != "pass_rate" or self.dynamic_sampling,
+             "prompt_policy pass_rate works inside dynamic sampling; drop --no-dynamic-sampling or use uniform"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -106,7 +122,9 @@ class GRPORunConfig(PromptSettings):
         formats.get_format(self.format)
         from mathrl.rewards import build_rewards
 
-        build_rewards(self.rewards, self.format)  # unknown reward names fail before any model loads
+        funcs, _ = build_rewards(self.rewards, self.format)  # unknown reward names fail before any model loads
+        if self.prompt_policy == "pass_rate" and not any(f.__name__.startswith("correctness") for f in funcs):
+            raise MathrlError(f"prompt_policy pass_rate measures pass rates with a correctness reward; --rewards {self.rewards!r} has none")
 
 
 
@@ -193,6 +211,7 @@ def build_trainer(cfg: GRPORunConfig) -> tuple[Any, list[Sample], dict[str, Any]
     from mathrl.train import common
     from mathrl.decoding import text_for_tokenizer
     from mathrl.distributed import is_main_process
+    from mathrl.train.dynamic_sampling import DynamicFastGRPOTrainer, DynamicGRPOTrainer
     from mathrl.train.fast_grpo import FastGRPOTrainer, fast_path_supported
 
     cfg.validate()
@@ -236,21 +255,26 @@ def build_trainer(cfg: GRPORunConfig) -> tuple[Any, list[Sample], dict[str, Any]
         callbacks.append(common.make_time_budget_callback(cfg.max_minutes, cfg.lr_scheduler))
     kwargs = dict(model=model, args=args, train_dataset=dataset, reward_funcs=reward_funcs, processing_class=tokenizer,
                   peft_config=peft_config, callbacks=callbacks)
-    unsupported = fast_path_supported() if cfg.fast and not vllm else None
+    # both the fast path and dynamic sampling rely on TRL private methods of the tested signatures
+    unsupported = fast_path_supported() if (cfg.fast and not vllm) or cfg.dynamic_sampling else None
     if unsupported and is_main_process():
-        print(f"warning: {unsupported}; running stock GRPOTrainer (slower; generation there does not stop at "
-              f"stop strings, rewards still grade the text cut at them)", flush=True)
-    if cfg.fast and not vllm and not unsupported:
-        trainer = FastGRPOTrainer(decoding=decoding, segment_tokens=cfg.segment_tokens, **kwargs)
-    else:
-        trainer = GRPOTrainer(**kwargs)
-    return trainer, samples, info
+        print(f"warning: {unsupported}; running stock GRPOTrainer without dynamic sampling (slower; generation "
+              f"there does not stop at stop strings, rewards still grade the text cut at them)", flush=True)
+    fast, dynamic = cfg.fast and not vllm and not unsupported, cfg.dynamic_sampling and not unsupported
+    if fast:
+        kwargs.update(decoding=decoding, segment_tokens=cfg.segment_tokens)
+    if dynamic:
+        kwargs.update(max_refills=cfg.max_refills, prompt_policy=cfg.prompt_policy)
+    cls = {(True, True): DynamicFastGRPOTrainer, (True, False): FastGRPOTrainer,
+           (False, True): DynamicGRPOTrainer, (False, False): GRPOTrainer}[(bool(fast), bool(dynamic))]
+    return cls(**kwargs), samples, info
 
 
 def run_grpo(cfg: GRPORunConfig) -> dict[str, Any]:
     """Train, save model + tokenizer + log + reward curves into cfg.output_dir; return the run record."""
     from mathrl.evaluate import library_versions
     from mathrl.train import common
+    from mathrl.train.fast_grpo import FastGRPOTrainer
 
     cfg.validate()
     out = Path(cfg.output_dir)
@@ -270,8 +294,10 @@ def run_grpo(cfg: GRPORunConfig) -> dict[str, Any]:
         "train_loss": round(result.training_loss, 4),
         "seconds_per_step": round(train_seconds / max(1, trainer.state.global_step), 2) if not checkpoint else None,
         "reward_first": steps[0]["reward"] if steps else None, "reward_last": steps[-1]["reward"] if steps else None,
-        "alarms": [r["alarm"] for r in steps if "alarm" in r], "fast_path": type(trainer).__name__ == "FastGRPOTrainer",
-        "decoding": cfg.decoding().effective() if type(trainer).__name__ == "FastGRPOTrainer" else
+        "alarms": [r["alarm"] for r in steps if "alarm" in r], "fast_path": isinstance(trainer, FastGRPOTrainer),
+        # None: off (asked, or stock fallback); else max_refills, prompt_policy, group fractions, extra prompts
+        "dynamic_sampling": trainer.dynamic_summary() if hasattr(trainer, "dynamic_summary") else None,
+        "decoding": cfg.decoding().effective() if isinstance(trainer, FastGRPOTrainer) else
         {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_completion_length,
          "sampler": "trl", "stop": []},
         "resumed_from": checkpoint, "versions": library_versions(),
