@@ -73,8 +73,8 @@ def cpu_flags() -> str:
 
 
 def calibrate(model_name: str, prompts: list[str], train_texts: list[str], dtype: str = "auto",
-              decode_batch: int = 32, train_batch: int = 4) -> Calibration:
-    """A few seconds of measurement: one batch of 16 decode steps and one training step."""
+              decode_batch: int = 32, train_batch: int = 16) -> Calibration:
+    """Seconds of measurement: one batch of 16 decode steps and one training step of `train_batch` rows."""
     import torch
 
     from mathrl import models
@@ -93,11 +93,13 @@ def calibrate(model_name: str, prompts: list[str], train_texts: list[str], dtype
     # a training step at the planned shapes, on the model in fp32 master weights (as the trainers do)
     train_model, _, _ = models.load_model(model_name, "fp32" if dtype == "auto" else dtype)
     train_model.train()
-    texts = (train_texts * train_batch)[:train_batch]
-    batch = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(train_model.device)
     optimizer = torch.optim.AdamW(train_model.parameters(), lr=1e-9)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if info["dtype"] == "bfloat16" else torch.autocast("cpu", enabled=False)
-    for _ in range(2):  # the first step allocates optimizer state
+    # a 1-row step allocates the optimizer state; the timed step has the planned batch size (matmuls are
+    # more efficient on more rows: a 4-row step underestimated a 16-row step's rate by ~1.8x here)
+    for rows in (1, train_batch):
+        texts = (train_texts * rows)[:rows]
+        batch = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(train_model.device)
         start = time.perf_counter()
         with autocast:
             loss = train_model(**batch, labels=batch["input_ids"]).loss
@@ -123,20 +125,28 @@ def eval_seconds(stage: Any, cal: Calibration, trained_len: float | None, n_defa
     return STAGE_OVERHEAD_S + n * per / cal.decode_tokens_per_s
 
 
-def step_seconds(stage: Any, cal: Calibration, prompt_len: float, solution_len: float) -> float:
+def step_seconds(stage: Any, cal: Calibration, prompt_len: float, solution_len: float, shared_len: float = 0.0) -> float:
+    """Seconds per optimizer step. The fast trainers run a prefix that every row shares once per micro-batch
+    (SFT: the system prompt and chat header, `shared_len` tokens) and each distinct prompt once per group
+    (GRPO), so those tokens are counted once."""
     s = _sizes(stage)
     if stage.kind == "sft":
-        return s.get("batch_size", 16) * s.get("grad_accum", 1) * (prompt_len + solution_len + 1) / cal.train_tokens_per_s
+        batch = s.get("batch_size", 16)
+        shared = shared_len if s.get("fast", True) else 0.0
+        tokens = batch * (prompt_len + solution_len + 1) - (batch - 1) * shared
+        return s.get("grad_accum", 1) * tokens / cal.train_tokens_per_s
     per_prompt = s.get("num_generations", 8) if stage.kind == "grpo" else s.get("rollouts_per_prompt", 1)
-    rows = s.get("prompts_per_step", 4) * per_prompt
+    prompts = s.get("prompts_per_step", 4)
+    rows = prompts * per_prompt
     completion = min(s.get("max_completion_length", 256), 1.5 * solution_len)
     generate = rows * completion / cal.decode_tokens_per_s
+    prompt_rows = prompts if s.get("fast", True) else rows
     passes = s.get("ppo_epochs", 1) + 1 if stage.kind == "ppo" else s.get("num_iterations", 1)
-    return generate + passes * rows * (prompt_len + completion) / cal.train_tokens_per_s
+    return generate + passes * (prompt_rows * prompt_len + rows * completion) / cal.train_tokens_per_s
 
 
 def make_plan(stages: list[Any], budget_s: float, cal: Calibration, prompt_len: float, solution_len: float,
-              n_questions: int) -> dict[str, Any]:
+              n_questions: int, shared_len: float = 0.0) -> dict[str, Any]:
     """Allocate `budget_s` (see the module docstring); every stage gets an estimate in seconds."""
     trained = {st.name for st in stages if st.kind != "eval"}
     evals = {st.name: eval_seconds(st, cal, solution_len if st.deps and st.deps[0] in trained else None, n_questions)
@@ -151,7 +161,7 @@ def make_plan(stages: list[Any], budget_s: float, cal: Calibration, prompt_len: 
             plan[st.name] = {"kind": "eval", "estimate_s": round(evals[st.name], 1)}
             continue
         alloc = left * shares[st.name] / total_share
-        per_step = step_seconds(st, cal, prompt_len, solution_len)
+        per_step = step_seconds(st, cal, prompt_len, solution_len, shared_len)
         steps = int(alloc // per_step)
         if steps < 1:
             raise MathrlError(f"budget {budget_s / 60:.1f} min leaves {alloc:.0f} s for stage {st.name!r}, less than "
@@ -161,12 +171,13 @@ def make_plan(stages: list[Any], budget_s: float, cal: Calibration, prompt_len: 
                          "estimate_s": round(STAGE_OVERHEAD_S + steps * per_step, 1)}
     estimate = cal.seconds + REPORT_OVERHEAD_S + sum(p["estimate_s"] for p in plan.values())
     return {"budget_s": budget_s, "estimate_s": round(estimate, 1), "calibration": asdict(cal),
-            "prompt_tokens": round(prompt_len, 1), "solution_tokens": round(solution_len, 1), "stages": plan}
+            "prompt_tokens": round(prompt_len, 1), "shared_prefix_tokens": shared_len,
+            "solution_tokens": round(solution_len, 1), "stages": plan}
 
 
-def _data_shapes(stages: list[Any]) -> tuple[str, list[str], list[str], float, float, int]:
-    """(base model, eval prompts, training texts, mean prompt tokens, mean solution tokens, test questions)
-    from the first training stage's task and protocol (tokenizer only: no model is loaded)."""
+def _data_shapes(stages: list[Any]) -> tuple[str, list[str], list[str], float, float, int, int]:
+    """(base model, eval prompts, training texts, mean prompt tokens, mean solution tokens, test questions,
+    tokens every prompt shares) from the first training stage's task and protocol (tokenizer only)."""
     from mathrl import formats, models
     from mathrl.decoding import encode_prompts
     from mathrl.tasks import get_task
@@ -185,10 +196,13 @@ def _data_shapes(stages: list[Any]) -> tuple[str, list[str], list[str], float, f
         raise MathrlError(f"task {cfg.task!r} has no worked solutions to size the plan with")
     prompts = [formats.build_prompt(s.question, protocol, tok) for s in train]
     solutions = [fmt.render(s.solution, s.answer) for s in train]
-    p_len = sum(map(len, encode_prompts(tok, prompts))) / len(prompts)
+    from mathrl.generation import common_prefix_length
+
+    ids = encode_prompts(tok, prompts)
+    p_len = sum(map(len, ids)) / len(prompts)
     s_len = sum(len(ids) for ids in tok(solutions, add_special_tokens=False)["input_ids"]) / len(solutions)
     n_test = len(task.load_test())
-    return base, prompts, [p + s for p, s in zip(prompts, solutions)], p_len, s_len, n_test
+    return base, prompts, [p + s for p, s in zip(prompts, solutions)], p_len, s_len, n_test, common_prefix_length(ids)
 
 
 def plan_experiment(stages: list[Any], budget_s: float, exp_dir: Path, console: Any, replan: bool = False,
@@ -200,12 +214,14 @@ def plan_experiment(stages: list[Any], budget_s: float, exp_dir: Path, console: 
         saved = json.loads(path.read_text())
         if saved.get("budget_s") == budget_s and set(saved.get("stages", {})) == {st.name for st in stages}:
             return saved
-    base, prompts, texts, p_len, s_len, n_test = _data_shapes(stages)
+    base, prompts, texts, p_len, s_len, n_test, shared = _data_shapes(stages)
     evals = [st for st in stages if st.kind == "eval"]
     batch = _sizes(evals[0]).get("batch_size", 32) if evals else 32
     console.print(f"[dim]calibrating {base} on this machine ({cpu_flags()}) ...[/dim]")
-    cal = calibrate(base, prompts, texts, decode_batch=batch)
-    plan = make_plan(stages, budget_s, cal, p_len, s_len, n_test)
+    sft = next((st for st in stages if st.kind == "sft"), None)
+    rows = min(16, _sizes(sft).get("batch_size", 16)) if sft is not None else 8
+    cal = calibrate(base, prompts, texts, decode_batch=batch, train_batch=rows)
+    plan = make_plan(stages, budget_s, cal, p_len, s_len, n_test, shared)
     if write:
         exp_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, plan)

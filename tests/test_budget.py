@@ -97,3 +97,13 @@ def test_dry_run_with_a_budget_calibrates_prints_and_keeps_the_plan(tiny_model_d
     buf2 = io.StringIO()
     run_file(path, runs_dir=tmp_path / "runs", dry_run=True, budget="3m", console=Console(file=buf2, width=250))
     assert "calibrating" not in buf2.getvalue() and json.loads((tmp_path / "runs" / "tiny" / "plan.json").read_text()) == plan
+
+
+def test_fast_trainers_count_shared_prompt_tokens_once(tiny_model_dir, tmp_path):
+    stages = load_experiments(write(tmp_path / "e.yaml", experiment(tiny_model_dir)), tmp_path / "runs")["tiny"]
+    by_name = {st.name: st for st in stages}
+    cal = fake_calibration()
+    # SFT: 4 rows of 51 tokens, the 30 shared ones computed once
+    assert budget.step_seconds(by_name["sft"], cal, 40, 10, shared_len=30) == pytest.approx((4 * 51 - 3 * 30) / 100)
+    # GRPO: 2 prompts x 2 generations of min(8, 15) tokens; each prompt's 40 tokens once per group
+    assert budget.step_seconds(by_name["grpo"], cal, 40, 10) == pytest.approx(4 * 8 / 50 + (2 * 40 + 4 * 8) / 100)
