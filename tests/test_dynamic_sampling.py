@@ -243,3 +243,19 @@ def test_run_record_summarises_dynamic_sampling(tiny_model_dir, tmp_path):
     summary = record["dynamic_sampling"]
     assert summary["generations"] == 2 and summary["extra_prompts"] == sum(r["dynamic/extra_prompts"] for r in log)
     assert summary["zero_std_before"] == pytest.approx(sum(r["dynamic/zero_std_before"] for r in log) / 2, abs=1e-4)
+
+
+def test_reward_hacking_alarm_reads_the_batches_as_drawn():
+    """Format saturating in the drawn batches while the trained (refilled) batches keep format spread:
+    the alarm must see the drawn rewards, and stay quiet when only the trained ones rise."""
+    from mathrl.train.grpo import hacking_alarm
+
+    rising, flat = [i / 10 for i in range(10)], [0.5] * 10
+
+    def rows(drawn_fmt, trained_fmt):
+        return [{"reward": t, "rewards/format/mean": t, "rewards/correctness/mean": 0.3,
+                 "dynamic/sampled/reward": d, "dynamic/sampled/rewards/format/mean": d,
+                 "dynamic/sampled/rewards/correctness/mean": 0.0} for d, t in zip(drawn_fmt, trained_fmt)]
+
+    assert "reward hacking" in hacking_alarm(rows(rising, flat), window=10)
+    assert hacking_alarm(rows(flat, rising), window=10) is None

@@ -153,13 +153,16 @@ def check_markers(tokenizer: Any, markers: list[str]) -> None:
 def hacking_alarm(rows: list[dict[str, Any]], window: int, rise: float = 0.2, flat: float = 0.02) -> str | None:
     """A message when, over the last `window` logged steps, format rewards rose by `rise` or more (mean of
     the second half minus the first) while correctness moved less than `flat` (the seeds' failure mode:
-    format reward → 1, accuracy → 0)."""
+    format reward → 1, accuracy → 0). With dynamic sampling it reads the rewards of the batches as drawn
+    (`dynamic/sampled/rewards/*`): the trained batches are selected for reward spread, which would hide
+    a format reward saturating."""
     recent = [r for r in rows if any(k.startswith("rewards/") for k in r)][-window:]
     if window < 4 or len(recent) < window:
         return None
+    source = "dynamic/sampled/rewards/" if all("dynamic/sampled/reward" in r for r in recent) else "rewards/"
 
     def trend(prefix: str) -> float | None:
-        keys = {k for r in recent for k in r if k.startswith(f"rewards/{prefix}") and k.endswith("/mean")}
+        keys = {k for r in recent for k in r if k.startswith(f"{source}{prefix}") and k.endswith("/mean")}
         if not keys:
             return None
         series = [sum(r.get(k, 0.0) for k in keys) for r in recent]
