@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import sys
 import types
 import typing
 from pathlib import Path
@@ -12,6 +13,24 @@ from typing import Any, TypeVar
 from mathrl.errors import MathrlError
 
 T = TypeVar("T")
+
+
+def opt(default: Any = None, help: str = "", **kw: Any) -> Any:  # noqa: A002 - the metadata key HfArgumentParser uses
+    """A field with its help; list/dict defaults become factories."""
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kw)
+    return dataclasses.field(default=default, metadata={"help": help}, **kw)
+
+
+# Settings renamed since (a class's RENAMED: old → new) are still read, with one notice per name.
+_warned: set[str] = set()
+
+
+def deprecated_name(old: str, new: str, where: str = "") -> None:
+    """One line on stderr, once per process and name."""
+    if old not in _warned:
+        _warned.add(old)
+        print(f"warning: {where}{old!r} is deprecated; use {new!r}", file=sys.stderr, flush=True)
 
 
 def _type_ok(value: Any, tp: Any) -> bool:
@@ -40,8 +59,12 @@ def build(cls: type[T], values: dict[str, Any], source: str = "config") -> T:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     clean = {}
+    renamed = getattr(cls, "RENAMED", {})
     for key, value in values.items():
         key = key.replace("-", "_")
+        if key in renamed and key not in names:
+            deprecated_name(key, renamed[key], f"{source}: ")
+            key = renamed[key]
         if key not in names:
             close = difflib.get_close_matches(key, names, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
