@@ -114,13 +114,3 @@ def resolve(cls: type[T], config_path: str | Path | None, overrides: dict[str, A
 
 def to_dict(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
-
-
-def describe_fields(cls: type) -> list[tuple[str, Any, str]]:
-    """(name, default, help) for documentation and --help text."""
-    out = []
-    for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        out.append((f.name, default, f.metadata.get("help", "")))
-    return out
