@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 import types
 import typing
 from pathlib import Path
@@ -26,8 +25,7 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from mathrl.cli_common import parse_kv
-from mathrl.errors import MathrlError
+from mathrl.cli_common import parse_json_option, parse_kv
 
 ALIASES: dict[str, tuple[str, ...]] = {
     "learning_rate": ("--learning-rate", "--lr"),
@@ -87,13 +85,7 @@ def _dict_items(items: list[str], flag: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         if item.lstrip().startswith("{"):
-            try:
-                value = json.loads(item)
-            except json.JSONDecodeError as e:
-                raise MathrlError(f"{flag} is not valid JSON: {e.msg}") from None
-            if not isinstance(value, dict):
-                raise MathrlError(f"{flag} must be a JSON object")
-            out.update(value)
+            out.update(parse_json_option(item, flag))
         else:
             out.update(parse_kv([item], flag))
     return out

@@ -7,6 +7,7 @@ import difflib
 import sys
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -114,3 +115,14 @@ def resolve(cls: type[T], config_path: str | Path | None, overrides: dict[str, A
 
 def to_dict(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
+
+
+@dataclass
+class TaskSettings:
+    """Model and task: the first fields of every command's settings (`EvalConfig`, the trainers')."""
+
+    model: str = opt("smollm2-135m", "local directory (e.g. a training output), hub id (org/name) or built-in smollm2-135m")
+    task: str = opt("gsm8k", "task name (see `mathrl tasks`); trainers use its train split")
+    task_config: str | None = opt(None, "task config: gsm8k main|socratic, arithmetic levels 1-3, linear_equations 2|3")
+    task_args: dict[str, Any] = opt({}, "task options key=value, e.g. path=file.jsonl")
+    data_dir: str | None = opt(None, "local data directory (else $MATHRL_DATA_DIR, else the hub)")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from mathrl import formats
-from mathrl.config import opt
+from mathrl.config import TaskSettings, opt
 from mathrl.errors import MathrlError
 from mathrl.files import JsonlAppender, atomic_write_csv, atomic_write_json, load_partial_jsonl
 from mathrl.formats import Format, Protocol
@@ -30,15 +30,10 @@ from mathrl.verdict import grade_completion
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(TaskSettings):
     """`mathrl eval` settings. Flat settings (YAML, flags, experiment files) also take the Protocol's
     fields and `protocol: PRESET`; `eval_config` builds this from them."""
 
-    model: str = opt("smollm2-135m", "local directory, hub id (org/name), or built-in smollm2-135m")
-    task: str = opt("gsm8k", "task name (see `mathrl tasks`)")
-    task_config: str | None = opt(None, "task config: gsm8k main|socratic, arithmetic levels 1-3, linear_equations 2|3")
-    task_args: dict[str, Any] = opt({}, "task options key=value, e.g. path=file.jsonl")
-    data_dir: str | None = opt(None, "local data directory (else $MATHRL_DATA_DIR, else the hub)")
     split: str = opt("test", "split to evaluate")
     limit: int | None = opt(None, "evaluate a seeded random subset of this many questions")
     sample_seed: int = opt(1234, "seed of the limit subset (same questions for every model)")

@@ -8,7 +8,7 @@ chat template and with k shots, and says which marker the strict extractor reads
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 from mathrl import grading

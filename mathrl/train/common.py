@@ -10,7 +10,7 @@ from typing import Any
 
 from mathrl.distributed import is_main_process
 from mathrl.errors import MathrlError
-from mathrl.files import JsonlAppender, atomic_write_json
+from mathrl.files import JsonlAppender
 
 
 def make_log_callback(output_dir: str | Path, plot_keys: tuple[str, ...] = ("loss",)) -> Any:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from mathrl.config import opt
+from mathrl.config import TaskSettings, opt
 from mathrl.errors import MathrlError
 
 # fp16 is allowed wherever a trainer runs with fp16 weights; PPO refuses it (PPORunConfig.checks).
@@ -28,15 +28,10 @@ DTYPE_HELP = "auto: fp32 weights + bf16 autocast where bf16 is fast; bf16 | fp16
 
 
 @dataclass
-class PromptSettings:
+class PromptSettings(TaskSettings):
     """Start model, task and prompt protocol: what every trainer shares. Prompts are exactly those of
     `mathrl eval` (`formats.build_prompt`), so training and evaluation cannot drift apart."""
 
-    model: str = opt("smollm2-135m", "local dir (e.g. an SFT output), hub id or smollm2-135m")
-    task: str = opt("gsm8k", "task whose train split is used (see `mathrl tasks`)")
-    task_config: str | None = opt(None, "task config, e.g. arithmetic levels 1-2, gsm8k main|socratic")
-    task_args: dict[str, Any] = opt({}, "task options key=value, e.g. path=file.jsonl")
-    data_dir: str | None = opt(None, "local data directory (else $MATHRL_DATA_DIR, else the hub)")
     format: str = opt("gsm8k", "output format of solutions and rewards (see `mathrl formats`)")
     chat_template: bool = opt(True, "wrap prompts in the model's chat template")
     chat_template_kwargs: dict[str, Any] = opt({}, "passed to apply_chat_template, e.g. enable_thinking=false")
