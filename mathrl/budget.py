@@ -120,7 +120,7 @@ def _sizes(stage: Any) -> dict[str, Any]:
 
 def eval_seconds(stage: Any, cal: Calibration, trained_len: float | None, n_default: int) -> float:
     s = _sizes(stage)
-    n = (s.get("limit") or n_default) * s.get("num_samples", 1)
+    n = (s.get("limit") or n_default) * (s.get("completions_per_question") or s.get("num_samples", 1))
     per = s.get("max_new_tokens", 512) if trained_len is None else min(s.get("max_new_tokens", 512), 1.3 * trained_len)
     return STAGE_OVERHEAD_S + n * per / cal.decode_tokens_per_s
 

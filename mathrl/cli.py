@@ -10,7 +10,7 @@ from typing import Any, Optional
 import typer
 
 from mathrl import cli_train
-from mathrl.cli_common import parse_json_option, parse_kv
+from mathrl.cli_common import parse_json_option, parse_kv  # noqa: F401 - parse_json_option: imported from here
 from mathrl.errors import MathrlError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -46,71 +46,61 @@ def print_summary(summary: dict[str, Any], title: str) -> None:
             console.print(f"by {key}: " + "; ".join(f"{v} {g['strict']:.0%}/{g['flexible']:.0%} (n={g['n']})" for v, g in groups.items()))
 
 
-@app.command("eval")
-def eval_cmd(
-    model: str = typer.Option("smollm2-135m", help="Local directory, hub id (org/name), or built-in smollm2-135m."),
-    task: Optional[str] = typer.Option(None, help="Task name (see `mathrl tasks`); default gsm8k."),
-    suite: Optional[str] = typer.Option(None, help="Evaluate a named list of tasks instead, e.g. generalisation (see `mathrl tasks`)."),
-    suite_tasks: Optional[str] = typer.Option(None, help="A custom suite: tasks a,b,c (task:config allowed)."),
-    config: Optional[str] = typer.Option(None, help="Task config: gsm8k main|socratic, arithmetic levels 1-3, linear_equations 2|3."),
-    task_arg: Optional[list[str]] = typer.Option(None, "--task-arg", help="Task option key=value (repeatable), e.g. path=file.jsonl."),
-    data_dir: Optional[str] = typer.Option(None, help="Local data directory (else $MATHRL_DATA_DIR, else the hub)."),
-    split: str = typer.Option("test", help="Split to evaluate."),
-    limit: Optional[int] = typer.Option(None, help="Evaluate a seeded random subset of this many questions."),
-    sample_seed: int = typer.Option(1234, help="Seed of the --limit subset (same questions for every model)."),
-    protocol: Optional[str] = typer.Option(None, help="Preset protocol, e.g. lm-eval-gsm8k (overrides format/shots/template)."),
-    format: Optional[str] = typer.Option(None, "--format", help="Output format: gsm8k (default), tags, think, boxed, answer_is; a suite's default: per task."),
-    shots: int = typer.Option(0, help="Number of k-shot examples from the train split."),
-    shot_seed: int = typer.Option(1234, help="Seed choosing the shots."),
-    chat_template: bool = typer.Option(True, "--chat-template/--no-chat-template", help="Wrap prompts in the model's chat template."),
-    chat_template_kwargs: Optional[str] = typer.Option(None, help='JSON passed to apply_chat_template, e.g. \'{"enable_thinking": false}\'.'),
-    system_prompt: Optional[str] = typer.Option(None, help="Replace the format's instruction ('' for none)."),
-    stop: Optional[list[str]] = typer.Option(None, "--stop", help="Stop string (repeatable)."),
-    batch_size: int = typer.Option(32, help="Sequences per generation batch."),
-    max_new_tokens: int = typer.Option(512, help="Generation budget per completion."),
-    temperature: float = typer.Option(0.0, help="0 = greedy."),
-    top_p: float = typer.Option(1.0),
-    num_samples: int = typer.Option(1, help="Completions per question (pass@k, maj@k); needs temperature > 0."),
-    seed: int = typer.Option(0, help="Sampling seed."),
-    dtype: str = typer.Option("auto", help="auto (bf16 where fast, else fp32), bf16, fp16, fp32."),
-    backend: str = typer.Option("auto", help="auto (vllm with a GPU when installed, else hf), hf, vllm."),
-    revision: Optional[str] = typer.Option(None, help="Hub revision (commit, branch or tag)."),
-    trust_remote_code: bool = typer.Option(False, help="Allow model repositories to run their own code."),
-    output_dir: str = typer.Option(..., help="Where results.jsonl, results.csv and summary.json go (a suite: one folder per task and suite.json)."),
-    overwrite: bool = typer.Option(False, help="Discard earlier results in --output-dir instead of resuming."),
-) -> None:
+def _eval_body(given: dict[str, Any], config: str | None, suite: str | None, suite_tasks: str | None,
+               protocol: str | None) -> None:
     """Evaluate a model on a task: per-sample results, accuracy (strict and flexible) and the protocol."""
-    from mathrl import formats
+    from mathrl import config as cfgmod
+    from mathrl.cli_options import is_yaml_file
     from mathrl.distributed import require_single_process
-    from mathrl.evaluate import EvalConfig, run_eval
+    from mathrl.evaluate import eval_config, run_eval
 
     require_single_process("eval")
-
-    if (suite or suite_tasks) and (task or config):
-        raise MathrlError("--suite/--suite-tasks evaluate several tasks: drop --task/--config (use --suite-tasks task:config)")
-    proto_fields: dict[str, Any] = dict(format=format or "gsm8k", chat_template=chat_template, shots=shots, shot_seed=shot_seed,
-                                        chat_template_kwargs=parse_json_option(chat_template_kwargs, "--chat-template-kwargs"),
-                                        system_prompt=system_prompt, stop=list(stop or []))
-    if protocol:
-        proto_fields.update(formats.preset(protocol))
-    formats.get_format(proto_fields["format"])
-    cfg = EvalConfig(model=model, task=task or "gsm8k", task_config=config, task_args=parse_kv(task_arg, "--task-arg"),
-                     data_dir=data_dir, split=split, limit=limit, sample_seed=sample_seed,
-                     protocol=formats.Protocol(**proto_fields), max_new_tokens=max_new_tokens, temperature=temperature,
-                     top_p=top_p, num_samples=num_samples, seed=seed, batch_size=batch_size, dtype=dtype, backend=backend,
-                     revision=revision, trust_remote_code=trust_remote_code, output_dir=output_dir, overwrite=overwrite)
+    if config and not is_yaml_file(config):  # --config was the task config before every command took a YAML
+        typer.secho("warning: `mathrl eval --config TASK_CONFIG` is deprecated; use --task-config "
+                    "(--config now takes a YAML of eval settings)", fg="yellow", err=True)
+        given = {"task_config": config} | given
+        config = None
+    values = cfgmod.load_yaml(config) | given | ({"protocol": protocol} if protocol else {})
+    if (suite or suite_tasks) and ("task" in values or "task_config" in values):
+        raise MathrlError("--suite/--suite-tasks evaluate several tasks: drop --task/--task-config (use --suite-tasks task:config)")
+    if not values.get("output_dir"):
+        raise MathrlError("mathrl eval needs --output-dir (or output_dir: in --config)")
+    cfg = eval_config(values, str(config) if config else "options")
+    output_dir = cfg.output_dir
     if suite or suite_tasks:
         from mathrl.suite import print_suite, run_suite
 
-        doc = run_suite(cfg, suite, suite_tasks, format_given=bool(format or protocol),
+        doc = run_suite(cfg, suite, suite_tasks, format_given="format" in values or "protocol" in values,
                         on_task=lambda label, r: typer.echo(f"{label}: n={r.get('n', 0)} strict={r.get('accuracy_strict', 0):.1%} "
                                                             f"flexible={r.get('accuracy_flexible', 0):.1%} ({r['status']})"))
         print_suite(doc)
         typer.echo(f"results: {Path(output_dir) / 'suite.json'}")
         return
     summary = run_eval(cfg)
-    print_summary(summary, f"{model} on {cfg.task} ({split})")
+    print_summary(summary, f"{cfg.model} on {cfg.task} ({cfg.split})")
     typer.echo(f"results: {Path(output_dir) / 'summary.json'}")
+
+
+def _eval_command() -> Any:
+    import inspect
+
+    from mathrl.cli_options import config_option, settings_command
+    from mathrl.evaluate import EvalConfig
+    from mathrl.formats import Protocol
+
+    def option(name: str, help_text: str) -> inspect.Parameter:
+        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str],
+                                 default=typer.Option(None, help=help_text))
+
+    extra = (config_option("YAML of eval settings (e.g. configs/eval/lm_eval_gsm8k.yaml); flags override it."),
+             option("suite", "Evaluate a named list of tasks instead, e.g. generalisation (see `mathrl tasks`)."),
+             option("suite_tasks", "A custom suite: tasks a,b,c (task:config allowed)."),
+             # a preset's name here; the Protocol's own fields are options of their own
+             option("protocol", "Preset protocol, e.g. lm-eval-gsm8k (protocol options given beside it override its fields)."))
+    return settings_command("eval", _eval_body.__doc__ or "", (EvalConfig, Protocol), _eval_body, extra)
+
+
+app.command("eval")(_eval_command())
 
 
 @app.command()
@@ -183,9 +173,8 @@ def data_arithmetic(
     _write_task_data("arithmetic", levels, n, seed, out, split, {})
 
 
-app.command()(cli_train.sft)
-app.command()(cli_train.grpo)
-app.command()(cli_train.ppo)
+for _kind in cli_train.TRAINERS:
+    app.command(_kind)(cli_train.trainer_command(_kind))
 
 
 @app.command()

@@ -4,14 +4,34 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import sys
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from mathrl.errors import MathrlError
 
 T = TypeVar("T")
+
+
+def opt(default: Any = None, help: str = "", **kw: Any) -> Any:  # noqa: A002 - the metadata key HfArgumentParser uses
+    """A field with its help; list/dict defaults become factories."""
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kw)
+    return dataclasses.field(default=default, metadata={"help": help}, **kw)
+
+
+# Settings renamed since (a class's RENAMED: old → new) are still read, with one notice per name.
+_warned: set[str] = set()
+
+
+def deprecated_name(old: str, new: str, where: str = "") -> None:
+    """One line on stderr, once per process and name."""
+    if old not in _warned:
+        _warned.add(old)
+        print(f"warning: {where}{old!r} is deprecated; use {new!r}", file=sys.stderr, flush=True)
 
 
 def _type_ok(value: Any, tp: Any) -> bool:
@@ -40,8 +60,12 @@ def build(cls: type[T], values: dict[str, Any], source: str = "config") -> T:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     clean = {}
+    renamed = getattr(cls, "RENAMED", {})
     for key, value in values.items():
         key = key.replace("-", "_")
+        if key in renamed and key not in names:
+            deprecated_name(key, renamed[key], f"{source}: ")
+            key = renamed[key]
         if key not in names:
             close = difflib.get_close_matches(key, names, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -93,11 +117,12 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
 
 
-def describe_fields(cls: type) -> list[tuple[str, Any, str]]:
-    """(name, default, help) for documentation and --help text."""
-    out = []
-    for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        out.append((f.name, default, f.metadata.get("help", "")))
-    return out
+@dataclass
+class TaskSettings:
+    """Model and task: the first fields of every command's settings (`EvalConfig`, the trainers')."""
+
+    model: str = opt("smollm2-135m", "local directory (e.g. a training output), hub id (org/name) or built-in smollm2-135m")
+    task: str = opt("gsm8k", "task name (see `mathrl tasks`); trainers use its train split")
+    task_config: str | None = opt(None, "task config: gsm8k main|socratic, arithmetic levels 1-3, linear_equations 2|3")
+    task_args: dict[str, Any] = opt({}, "task options key=value, e.g. path=file.jsonl")
+    data_dir: str | None = opt(None, "local data directory (else $MATHRL_DATA_DIR, else the hub)")

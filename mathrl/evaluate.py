@@ -8,72 +8,91 @@ atomically at the end. The full protocol is stored beside the numbers.
 from __future__ import annotations
 
 import json
-import platform
 import random
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
-from importlib import metadata
+import difflib
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from mathrl import formats
+from mathrl.config import TaskSettings, opt
 from mathrl.errors import MathrlError
 from mathrl.files import JsonlAppender, atomic_write_csv, atomic_write_json, load_partial_jsonl
 from mathrl.formats import Format, Protocol
 from mathrl.decoding import DecodingSettings
 from mathrl.generation import Completion
+from mathrl.provenance import library_versions  # noqa: F401 - the earlier home
 from mathrl.stats import accuracy_interval, wilson_interval  # noqa: F401 - wilson_interval: the earlier home
 from mathrl.tasks import Sample, Task, get_task, subsample
 from mathrl.verdict import grade_completion
 
 
 @dataclass
-class EvalConfig:
-    model: str = "smollm2-135m"
-    task: str = "gsm8k"
-    task_config: str | None = None
-    task_args: dict[str, Any] = field(default_factory=dict)
-    data_dir: str | None = None
-    split: str = "test"
-    limit: int | None = None
-    sample_seed: int = 1234
-    protocol: Protocol = field(default_factory=Protocol)
-    max_new_tokens: int = 512
-    temperature: float = 0.0
-    top_p: float = 1.0
-    num_samples: int = 1
-    seed: int = 0
-    batch_size: int = 32
-    dtype: str = "auto"
-    backend: str = "auto"
-    revision: str | None = None
-    trust_remote_code: bool = False
-    output_dir: str = "runs/eval"
-    overwrite: bool = False
-    progress: bool = True
+class EvalConfig(TaskSettings):
+    """`mathrl eval` settings. Flat settings (YAML, flags, experiment files) also take the Protocol's
+    fields and `protocol: PRESET`; `eval_config` builds this from them."""
+
+    split: str = opt("test", "split to evaluate")
+    limit: int | None = opt(None, "evaluate a seeded random subset of this many questions")
+    sample_seed: int = opt(1234, "seed of the limit subset (same questions for every model)")
+    protocol: Protocol = field(default_factory=Protocol, metadata={"help": "how questions are asked and read back"})
+    max_new_tokens: int = opt(512, "generation budget per completion")
+    temperature: float = opt(0.0, "0 = greedy")
+    top_p: float = opt(1.0, "nucleus sampling threshold")
+    completions_per_question: int = opt(1, "completions per question (pass@k, maj@k); needs temperature > 0")
+    seed: int = opt(0, "sampling seed")
+    batch_size: int = opt(32, "sequences per generation batch")
+    dtype: str = opt("auto", "auto (bf16 where fast, else fp32) | bf16 | fp16 | fp32")
+    backend: str = opt("auto", "auto (vllm with a GPU when installed, else hf) | hf | vllm")
+    revision: str | None = opt(None, "hub revision (commit, branch or tag)")
+    trust_remote_code: bool = opt(False, "allow model repositories to run their own code")
+    output_dir: str = opt("runs/eval", "where results.jsonl, results.csv and summary.json go")
+    overwrite: bool = opt(False, "discard earlier results in output_dir instead of resuming")
+    progress: bool = opt(True, "show a progress bar")
+
+    RENAMED: ClassVar[dict[str, str]] = {"num_samples": "completions_per_question"}
 
     def sampling(self) -> DecodingSettings:
         return DecodingSettings(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
-                                num_samples=self.num_samples, stop=formats.default_stop(self.protocol), seed=self.seed)
+                                num_samples=self.completions_per_question, stop=formats.default_stop(self.protocol), seed=self.seed)
 
     def identity(self) -> dict[str, Any]:
         """Settings that change the numbers: a resume must match them exactly."""
         keep = ("model", "task", "task_config", "task_args", "split", "limit", "sample_seed", "max_new_tokens",
                 "temperature", "top_p", "num_samples", "seed", "dtype", "revision")
-        d = {k: getattr(self, k) for k in keep}
+        d = {k: getattr(self, k) for k in keep if k != "num_samples"}
+        d["num_samples"] = self.completions_per_question  # the stored identity keeps its name: old runs resume
         d["protocol"] = asdict(self.protocol)
         return d
 
 
-def library_versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("mathrl", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "math-verify", "vllm"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
+def eval_setting_names() -> set[str]:
+    """Keys flat eval settings take: EvalConfig's, the Protocol's, `protocol` (a preset) and renamed ones."""
+    own = {f.name for f in fields(EvalConfig)}
+    return own | {f.name for f in fields(Protocol)} | set(EvalConfig.RENAMED)
+
+
+def eval_config(settings: dict[str, Any], source: str = "options") -> EvalConfig:
+    """EvalConfig from flat settings (a YAML file with flags over it, or an experiment's eval cell):
+    `protocol: PRESET` gives the preset's protocol fields, and protocol keys given beside it override them."""
+    from mathrl import config as cfgmod
+
+    settings = dict(settings)
+    names = eval_setting_names()
+    for key in settings:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            raise MathrlError(f"{source}: unknown eval setting {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    preset = settings.pop("protocol", None)
+    proto_keys = {f.name for f in fields(Protocol)}
+    proto_values = (formats.preset(preset) if preset else {}) | {k: v for k, v in settings.items() if k in proto_keys}
+    proto = cfgmod.build(Protocol, proto_values, source)
+    cfg = cfgmod.build(EvalConfig, {k: v for k, v in settings.items() if k not in proto_keys}, source)
+    cfg.protocol = proto
+    formats.get_format(proto.format)
+    return cfg
 
 
 def _shot_pool(task: Task, protocol: Protocol) -> list[Sample]:
@@ -253,7 +272,7 @@ def run_eval(cfg: EvalConfig, model_bundle: Any = None) -> dict[str, Any]:
     done_rows = _check_resume(out, cfg)
     atomic_write_json(out / "run_config.json", {"identity": cfg.identity(), "config": asdict(cfg)})
     done = {(r["id"], r["sample_idx"]) for r in done_rows}
-    todo = [s for s in samples if any((s.id, k) not in done for k in range(cfg.num_samples))]
+    todo = [s for s in samples if any((s.id, k) not in done for k in range(cfg.completions_per_question))]
 
     gen_stats: dict[str, Any] = {}
     model_info: dict[str, Any] = {"name": cfg.model}
@@ -291,7 +310,7 @@ def run_eval(cfg: EvalConfig, model_bundle: Any = None) -> dict[str, Any]:
     rows = [r for r in done_rows if r["id"] in wanted]
     order = {s.id: i for i, s in enumerate(samples)}
     rows.sort(key=lambda r: (order[r["id"]], r["sample_idx"]))
-    summary = summarize(rows, cfg.num_samples)
+    summary = summarize(rows, cfg.completions_per_question)
     if rows:  # dropped at load time by a documented rule (e.g. exclude=no_answer), whole split, before --limit
         summary["treatments"]["excluded"] = sum(task.excluded.values())
     wall = time.perf_counter() - t0

@@ -83,20 +83,17 @@ def load_kind(kind: str) -> tuple[type, Callable[..., dict[str, Any]]]:
         raise KindUnavailable(f"stage kind {kind!r} is not available in this install ({module}: {e})") from None
 
 
-def protocol_fields() -> set[str]:
-    from mathrl.formats import Protocol
-
-    return {f.name for f in dataclasses.fields(Protocol)}
-
-
 def setting_names(kind: str) -> set[str] | None:
     """Keys a stage of this kind accepts; None when its module is unavailable."""
     try:
         cls, _ = load_kind(kind)
     except KindUnavailable:
         return None
-    names = {f.name for f in dataclasses.fields(cls)}
-    return (names - {"protocol"}) | protocol_fields() if kind == "eval" else names
+    if kind == "eval":
+        from mathrl.evaluate import eval_setting_names
+
+        return eval_setting_names()
+    return {f.name for f in dataclasses.fields(cls)} | set(getattr(cls, "RENAMED", {}))
 
 
 @dataclass
@@ -119,21 +116,10 @@ def build_config(kind: str, settings: dict[str, Any], source: str) -> Any:
     cls, _ = load_kind(kind)
     if kind != "eval":
         return cfgmod.build(cls, settings, source)
-    from mathrl import formats
-    from mathrl.formats import Protocol
+    from mathrl.evaluate import eval_config
     from mathrl.tasks import get_task
 
-    proto_keys = protocol_fields()
-    names = setting_names("eval") or set()
-    for key in settings:
-        if key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise MathrlError(f"{source}: unknown eval setting {key!r}{hint}")
-    proto = cfgmod.build(Protocol, {k: v for k, v in settings.items() if k in proto_keys}, source)
-    cfg = cfgmod.build(cls, {k: v for k, v in settings.items() if k not in proto_keys}, source)
-    cfg.protocol = proto
-    formats.get_format(proto.format)
+    cfg = eval_config(settings, source)  # the same builder as `mathrl eval` (protocol presets included)
     get_task(cfg.task, cfg.task_config, **cfg.task_args)  # checks the name and config; loads nothing
     return cfg
 
@@ -316,6 +302,10 @@ def _finish(stage: Stage, by_name: dict[str, Stage], source: str) -> None:
         view = stage.config.identity()
     else:
         view = dataclasses.asdict(stage.config)
+        # settings renamed since (num_samples → train_samples/prompts) hash under their old names,
+        # so stages finished before the rename stay cached
+        old = {new: old for old, new in getattr(type(stage.config), "RENAMED", {}).items()}
+        view = {old.get(k, k): v for k, v in view.items()}
     for key in NOT_HASHED:
         view.pop(key, None)
     dep_dirs = {str(by_name[d].out): f"<stage {d}>" for d in stage.deps}

@@ -8,10 +8,11 @@ chat template and with k shots, and says which marker the strict extractor reads
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 from mathrl import grading
+from mathrl.config import opt
 from mathrl.errors import MathrlError
 
 
@@ -139,19 +140,19 @@ def get_format(name: str) -> Format:
 class Protocol:
     """Everything about how a question is put to a model and read back: saved with every number."""
 
-    format: str = "gsm8k"
-    chat_template: bool = True
-    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
-    system_prompt: str | None = None  # None: the format's instruction; "": none
-    shots: int = 0
-    shot_selection: str = "random"  # random (seeded, shared) | first | lm-eval (per question, lm-eval's sampler)
-    shot_seed: int = 1234
-    shot_solution: str = "rendered"  # rendered (in the format) | raw (the task's original answer text)
-    stop: list[str] = field(default_factory=list)
-    strict_pattern: str | None = None  # overrides of the format's extractors
-    strict_take: str | None = None
-    flexible_pattern: str | None = None
-    name: str = "custom"
+    format: str = opt("gsm8k", "output format: gsm8k, tags, think, boxed, answer_is (see `mathrl formats`)")
+    chat_template: bool = opt(True, "wrap prompts in the model's chat template")
+    chat_template_kwargs: dict[str, Any] = opt({}, "passed to apply_chat_template, e.g. enable_thinking=false")
+    system_prompt: str | None = opt(None, "replace the format's instruction; '' for none")
+    shots: int = opt(0, "number of k-shot examples from the train split")
+    shot_selection: str = opt("random", "random (seeded, shared) | first | lm-eval (per question, lm-eval's sampler)")
+    shot_seed: int = opt(1234, "seed choosing the shots")
+    shot_solution: str = opt("rendered", "rendered (in the format) | raw (the task's original answer text)")
+    stop: list[str] = opt([], "stop strings; none given: the format's defaults")
+    strict_pattern: str | None = opt(None, "override of the format's strict extractor regex")
+    strict_take: str | None = opt(None, "override: which strict match counts, first | last")
+    flexible_pattern: str | None = opt(None, "override of the flexible extractor regex")
+    name: str = opt("custom", "the protocol's name in results (a preset sets it)")
 
     def resolved_format(self) -> Format:
         fmt = get_format(self.format)

@@ -341,18 +341,14 @@ def build_report(run_dirs: list[Path], output_dir: Path, metric: str = "strict",
     return data | {"files": files, "html": str(html_path), "output_dir": str(out)}
 
 
-def one_factor_pairs(paired: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Pairs that differ in the model only or the eval setting only (both at once confounds the two
-    effects); all pairs when no pair is that simple."""
-    return [r for r in paired if r.get("varies") != "model+setting"] or paired
-
-
 def print_report(res: dict[str, Any], max_pairs: int = 20) -> None:
     """What `mathrl report` (and `mathrl run` after it) show: the table, the paired tests, the path."""
     from rich.console import Console
 
     if res["comparison"]:
         print_comparison(res["comparison"], res["metric"])
+    from mathrl.stats import one_factor_pairs
+
     pairs = one_factor_pairs(res["paired"])
     console = Console(highlight=False)
     for p in pairs[:max_pairs]:

@@ -76,11 +76,11 @@ def estimate(st: Stage) -> str:
     if st.kind == "eval":
         task_args = s.get("task_args") or {}
         n = s.get("limit") or task_args.get("test_size") or KNOWN_TEST_SIZES.get(s.get("task"))
-        k = s.get("num_samples", 1)
+        k = s.get("completions_per_question") or s.get("num_samples", 1)
         return f"{n or 'all'} q{f' × {k}' if k > 1 else ''} × {s.get('max_new_tokens', 512)} tok"
     if st.kind == "sft":
         per_step = s.get("batch_size", 16) * s.get("grad_accum", 1)
-        n = s.get("num_samples") or {"full": 1024, "rl_prep": 256}.get(s.get("stage"))
+        n = s.get("train_samples") or s.get("num_samples") or {"full": 1024, "rl_prep": 256}.get(s.get("stage"))
         steps = s.get("max_steps", -1)
         if steps is None or steps <= 0:
             if not n:

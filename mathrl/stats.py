@@ -148,3 +148,9 @@ def paired_comparison(rows_a: Iterable[dict[str, Any]], rows_b: Iterable[dict[st
             "accuracy_a": round(sum(va) / n, 4) if n else 0.0, "accuracy_b": round(sum(vb) / n, 4) if n else 0.0,
             "diff_b_minus_a": round((sum(vb) - sum(va)) / n, 4) if n else 0.0,
             "diff_ci_low": round(low, 4), "diff_ci_high": round(high, 4), **test}
+
+
+def one_factor_pairs(paired: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Pairs that differ in the model only or the eval setting only (both at once confounds the two
+    effects); all pairs when no pair is that simple."""
+    return [r for r in paired if r.get("varies") != "model+setting"] or paired

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from mathrl.errors import MathrlError
-from mathrl.evaluate import EvalConfig, library_versions, run_eval, same_settings
+from mathrl.evaluate import EvalConfig, run_eval, same_settings
+from mathrl.provenance import library_versions
 from mathrl.files import atomic_write_json
 from mathrl.tasks import TASKS, get_task
 

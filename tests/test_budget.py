@@ -22,8 +22,8 @@ def experiment(model_dir: Path) -> dict:
     return {
         "defaults": {"model": str(model_dir), "task": "arithmetic", "task_config": "1", "dtype": "fp32"},
         "stages": {
-            "sft": {"kind": "sft", "num_samples": 16, "batch_size": 4, "save_steps": 1000, "budget_share": 3},
-            "grpo": {"kind": "grpo", "from": "sft", "num_samples": 8, "prompts_per_step": 2, "num_generations": 2,
+            "sft": {"kind": "sft", "train_samples": 16, "batch_size": 4, "save_steps": 1000, "budget_share": 3},
+            "grpo": {"kind": "grpo", "from": "sft", "prompts": 8, "prompts_per_step": 2, "num_generations": 2,
                      "max_completion_length": 8, "save_steps": 1000},
         },
         "eval": {"models": ["base", "sft", "grpo"], **EVAL},

@@ -89,7 +89,7 @@ def test_rl_sampling_ignores_the_models_generation_config(tiny_model_dir, tmp_pa
     from mathrl.models import unwrap_causal_lm
     from mathrl.train.grpo import GRPORunConfig, build_trainer
 
-    cfg = cfgmod.build(GRPORunConfig, dict(model=str(tiny_model_dir), task="arithmetic", task_config="1", num_samples=8,
+    cfg = cfgmod.build(GRPORunConfig, dict(model=str(tiny_model_dir), task="arithmetic", task_config="1", prompts=8,
                                            prompts_per_step=2, num_generations=4, max_completion_length=24, max_steps=1,
                                            dtype="fp32", temperature=0.01, output_dir=str(tmp_path / "g")))
     trainer, _, _ = build_trainer(cfg)
@@ -204,7 +204,7 @@ def test_eval_sft_grpo_and_ppo_see_identical_prompt_ids(bos_model_dir, tmp_path,
 
     common = dict(model=str(bos_model_dir), task="arithmetic", task_config="1", chat_template=chat_template)
     # the training prompts of each trainer (same task, same seed) -> their token ids
-    sft, samples, _, _ = build_sft(cfgmod.build(SFTRunConfig, dict(common, num_samples=4, batch_size=2, max_steps=1,
+    sft, samples, _, _ = build_sft(cfgmod.build(SFTRunConfig, dict(common, train_samples=4, batch_size=2, max_steps=1,
                                                                     dtype="fp32", output_dir=str(tmp_path / "sft"))))
     tok = sft.processing_class
     bos = tok.bos_token_id
@@ -212,7 +212,7 @@ def test_eval_sft_grpo_and_ppo_see_identical_prompt_ids(bos_model_dir, tmp_path,
     for row in sft.train_dataset:
         prompt = [i for i, lab in zip(row["input_ids"], row["labels"]) if lab == -100]
         sft_ids[tok.decode(prompt, skip_special_tokens=True)] = prompt
-    grpo, grpo_samples, _ = build_grpo(cfgmod.build(GRPORunConfig, dict(common, num_samples=4, prompts_per_step=2, num_generations=2,
+    grpo, grpo_samples, _ = build_grpo(cfgmod.build(GRPORunConfig, dict(common, prompts=4, prompts_per_step=2, num_generations=2,
                                                               max_completion_length=4, max_steps=1, dtype="fp32",
                                                               output_dir=str(tmp_path / "grpo"))))
     grpo_ids = {}
@@ -258,7 +258,7 @@ def test_ppo_rollouts_use_the_eval_prompt_ids(bos_model_dir, tmp_path, monkeypat
         return real(model, tokenizer, prompt_ids, settings, segment_tokens)
 
     monkeypatch.setattr(generation, "sample_shared_prompts", spy)
-    cfg = cfgmod.build(PPORunConfig, dict(model=str(bos_model_dir), task="arithmetic", task_config="1", num_samples=4,
+    cfg = cfgmod.build(PPORunConfig, dict(model=str(bos_model_dir), task="arithmetic", task_config="1", prompts=4,
                                           prompts_per_step=2, mini_batch_size=2, max_completion_length=4, max_steps=1,
                                           dtype="fp32", output_dir=str(tmp_path / "ppo"), chat_template=False))
     run_ppo(cfg)

@@ -191,7 +191,7 @@ def test_resume_refuses_other_settings_and_overwrite_works(tiny_model_dir, tmp_p
 
 def test_num_samples_pass_and_maj(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
-    summary = run_eval(make_cfg(tiny_model_dir, out, limit=3, num_samples=3, temperature=0.8, max_new_tokens=4))
+    summary = run_eval(make_cfg(tiny_model_dir, out, limit=3, completions_per_question=3, temperature=0.8, max_new_tokens=4))
     rows = read_rows(out)
     assert len(rows) == 9
     assert sorted((r["id"], r["sample_idx"]) for r in rows) == sorted((i, k) for i in {r["id"] for r in rows} for k in range(3))
@@ -207,7 +207,7 @@ def test_invalid_settings(tiny_model_dir, tmp_path):
     with pytest.raises(MathrlError, match="--batch-size"):
         run_eval(make_cfg(tiny_model_dir, tmp_path / "a", batch_size=0))
     with pytest.raises(MathrlError, match="--num-samples > 1"):
-        run_eval(make_cfg(tiny_model_dir, tmp_path / "b", num_samples=2))
+        run_eval(make_cfg(tiny_model_dir, tmp_path / "b", completions_per_question=2))
     with pytest.raises(MathrlError, match="--limit"):
         run_eval(make_cfg(tiny_model_dir, tmp_path / "c", limit=0))
     (tmp_path / "empty").mkdir()

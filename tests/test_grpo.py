@@ -23,7 +23,7 @@ if "distinct_chars" not in REWARDS:
 
 
 def make_cfg(tiny_model_dir, tmp_path, **kw) -> GRPORunConfig:
-    base = dict(model=str(tiny_model_dir), task="arithmetic", task_config="1", num_samples=16, prompts_per_step=2,
+    base = dict(model=str(tiny_model_dir), task="arithmetic", task_config="1", prompts=16, prompts_per_step=2,
                 num_generations=4, max_completion_length=8, max_steps=1, dtype="fp32", learning_rate=1e-3,
                 rewards="correctness,distinct_chars", save_steps=1000, output_dir=str(tmp_path / "out"))
     base.update(kw)

@@ -15,7 +15,7 @@ from mathrl.train.rollout import Rollout, prompt_indices
 
 
 def make_cfg(tiny_model_dir, tmp_path, **kw) -> PPORunConfig:
-    base = dict(model=str(tiny_model_dir), task="arithmetic", task_config="1", num_samples=16, prompts_per_step=4,
+    base = dict(model=str(tiny_model_dir), task="arithmetic", task_config="1", prompts=16, prompts_per_step=4,
                 mini_batch_size=2, max_completion_length=8, max_steps=2, save_steps=1, learning_rate=1e-3,
                 dtype="fp32", output_dir=str(tmp_path / "ppo"))
     base.update(kw)

@@ -13,7 +13,7 @@ from mathrl.train.sft import SFTRunConfig, build_trainer, run_sft
 
 
 def make_cfg(tiny_model_dir, tmp_path, **kw) -> SFTRunConfig:
-    base = dict(model=str(tiny_model_dir), task="arithmetic", task_config="1", num_samples=8, batch_size=4,
+    base = dict(model=str(tiny_model_dir), task="arithmetic", task_config="1", train_samples=8, batch_size=4,
                 max_steps=2, learning_rate=1e-3, dtype="fp32", save_steps=1000, output_dir=str(tmp_path / "out"))
     base.update(kw)
     return cfgmod.build(SFTRunConfig, base)
@@ -44,7 +44,7 @@ def test_label_positions(tiny_model_dir, tmp_path, chat_template, loss):
 
 
 def test_loss_falls_and_outputs_written(tiny_model_dir, tmp_path):
-    cfg = make_cfg(tiny_model_dir, tmp_path, max_steps=12, learning_rate=1e-2, num_samples=4, batch_size=4)
+    cfg = make_cfg(tiny_model_dir, tmp_path, max_steps=12, learning_rate=1e-2, train_samples=4, batch_size=4)
     record = run_sft(cfg)
     log = [json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in log if "loss" in r]
@@ -104,7 +104,7 @@ def test_qlora_needs_cuda(tiny_model_dir, tmp_path):
 def test_stage_sizes_and_bad_values(tiny_model_dir, tmp_path):
     from mathrl.train.sft import training_samples
 
-    cfg = make_cfg(tiny_model_dir, tmp_path, num_samples=None, stage="rl_prep")
+    cfg = make_cfg(tiny_model_dir, tmp_path, train_samples=None, stage="rl_prep")
     assert len(training_samples(cfg)) == 256
     with pytest.raises(MathrlError, match="loss must be"):
         make_cfg(tiny_model_dir, tmp_path, loss="half")
@@ -151,7 +151,7 @@ def test_every_format_trains_a_step_and_its_output_evaluates(tiny_model_dir, tmp
     from mathrl.formats import Protocol
 
     out = tmp_path / "out"
-    record = run_sft(make_cfg(tiny_model_dir, tmp_path, format=fmt, method=method, max_steps=1, num_samples=4))
+    record = run_sft(make_cfg(tiny_model_dir, tmp_path, format=fmt, method=method, max_steps=1, train_samples=4))
     assert record["global_step"] == 1
     weights = "adapter_model.safetensors" if method == "lora" else "model.safetensors"
     assert (out / weights).exists()
@@ -185,7 +185,7 @@ def tied_model_dir(tmp_path_factory, build_tiny):
 @pytest.mark.parametrize("fmt", ["tags", "think"])
 def test_marker_formats_train_with_lora_on_tied_embeddings(tied_model_dir, tmp_path, fmt):
     """`mathrl sft --format tags --method lora` on SmolLM2 (tied embeddings) crashed in TRL's fused LM head."""
-    record = run_sft(make_cfg(tied_model_dir, tmp_path, format=fmt, method="lora", max_steps=1, num_samples=4))
+    record = run_sft(make_cfg(tied_model_dir, tmp_path, format=fmt, method="lora", max_steps=1, train_samples=4))
     assert record["global_step"] == 1 and (tmp_path / "out" / "adapter_model.safetensors").exists()
 
 
@@ -193,7 +193,7 @@ def test_a_time_budget_refits_the_schedule_to_the_steps_that_fit(tiny_model_dir,
     """A cosine planned for 100,000 steps and stopped by a 4-second budget used to end at the peak
     learning rate; now the schedule spans the steps that fit, so it has decayed when the budget ends."""
     cfg = make_cfg(tiny_model_dir, tmp_path, max_steps=100_000, max_minutes=4 / 60, lr_scheduler="cosine",
-                   warmup_ratio=0.0, num_samples=64, batch_size=2, learning_rate=1e-3, save_steps=100_000)
+                   warmup_ratio=0.0, train_samples=64, batch_size=2, learning_rate=1e-3, save_steps=100_000)
     record = run_sft(cfg)
     assert 3 < record["planned_steps"] < 100_000
     lrs = [r["learning_rate"] for r in map(json.loads, (tmp_path / "out" / "train_log.jsonl").read_text().splitlines())

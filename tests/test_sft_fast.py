@@ -17,7 +17,7 @@ ROWS = 6
 
 
 def fast_cfg(model_dir, tmp_path, **kw) -> SFTRunConfig:
-    base = dict(model=str(model_dir), task="arithmetic", task_config="1", num_samples=12, batch_size=ROWS,
+    base = dict(model=str(model_dir), task="arithmetic", task_config="1", train_samples=12, batch_size=ROWS,
                 max_steps=2, learning_rate=1e-3, dtype="fp32", save_steps=1000, output_dir=str(tmp_path / "out"))
     return cfgmod.build(SFTRunConfig, {**base, **kw})
 
@@ -26,7 +26,7 @@ def fast_cfg(model_dir, tmp_path, **kw) -> SFTRunConfig:
 def trained_dir(tiny_model_dir, tmp_path_factory):
     """The tiny model after a few SFT steps, so that some next tokens are its top-1 (accuracy above 0)."""
     tmp = tmp_path_factory.mktemp("trained")
-    run_sft(fast_cfg(tiny_model_dir, tmp, max_steps=12, learning_rate=1e-2, num_samples=4, batch_size=4))
+    run_sft(fast_cfg(tiny_model_dir, tmp, max_steps=12, learning_rate=1e-2, train_samples=4, batch_size=4))
     return tmp / "out"
 
 

@@ -38,7 +38,7 @@ def test_the_run_on_example_from_the_issue(tiny_model_dir, tmp_path):
     from mathrl import config as cfgmod
     from mathrl.train.grpo import GRPORunConfig, build_trainer
 
-    cfg = cfgmod.build(GRPORunConfig, dict(model=str(tiny_model_dir), task="arithmetic", task_config="1", num_samples=4,
+    cfg = cfgmod.build(GRPORunConfig, dict(model=str(tiny_model_dir), task="arithmetic", task_config="1", prompts=4,
                                            prompts_per_step=2, num_generations=2, max_completion_length=4, max_steps=1,
                                            dtype="fp32", format="tags", chat_template=False, rewards="correctness",
                                            output_dir=str(tmp_path / "g")))

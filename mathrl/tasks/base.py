@@ -60,9 +60,6 @@ class Task:
     def load_test(self) -> list[Sample]:
         return self.load("test")
 
-    def extract_answer(self, text: str) -> str | None:
-        return grading.extract_flexible(text)
-
     def read_gold(self, value: Any) -> tuple[str, str] | None:
         """(gold, answer type) of a gold answer as another harness wrote it ("#### 1,000", 18.0,
         "\\sqrt{2}"), or None when there is none. Not a plain number: math (math-verify decides)."""

@@ -1,49 +1,16 @@
-"""Pieces shared by the trainers: log callback + curves, format tokens, LoRA, device and optimizer picks."""
+"""Pieces shared by the trainers: log callback + curves, format tokens, LoRA, device and optimizer picks.
+Settings live in `train/settings.py`, saving in `train/saving.py`."""
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mathrl.distributed import is_main_process
 from mathrl.errors import MathrlError
-from mathrl.files import JsonlAppender, atomic_write_json
-
-
-@dataclass
-class PromptSettings:
-    """Start model, task and prompt protocol: what every trainer shares. Prompts are exactly those of
-    `mathrl eval` (`formats.build_prompt`), so training and evaluation cannot drift apart."""
-
-    model: str = field(default="smollm2-135m", metadata={"help": "local dir (e.g. an SFT output), hub id or smollm2-135m"})
-    task: str = field(default="gsm8k", metadata={"help": "task whose train split is used"})
-    task_config: str | None = None
-    task_args: dict[str, Any] = field(default_factory=dict)
-    data_dir: str | None = None
-    format: str = field(default="gsm8k", metadata={"help": "output format (solutions, rewards)"})
-    chat_template: bool = True
-    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
-    system_prompt: str | None = field(default=None, metadata={"help": "None: the format's instruction; '' for none"})
-
-    def protocol(self) -> Any:
-        from mathrl import formats
-
-        return formats.Protocol(format=self.format, chat_template=self.chat_template,
-                                chat_template_kwargs=dict(self.chat_template_kwargs), system_prompt=self.system_prompt)
-
-
-def rl_decoding(cfg: Any, protocol: Any = None) -> Any:
-    """How GRPO and PPO sample completions: the evaluation engine's settings at the run's temperature and
-    top_p, with the protocol's stop strings, so training generation ends where evaluation's does."""
-    from mathrl import formats
-    from mathrl.decoding import DecodingSettings
-
-    protocol = protocol or cfg.protocol()
-    return DecodingSettings(max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature, top_p=cfg.top_p,
-                            stop=formats.default_stop(protocol), seed=cfg.seed)
+from mathrl.files import JsonlAppender
 
 
 def make_log_callback(output_dir: str | Path, plot_keys: tuple[str, ...] = ("loss",)) -> Any:
@@ -251,42 +218,3 @@ def announce_world(trainer: Any, batch_note: str) -> None:
     if args.world_size > 1 and trainer.is_world_process_zero():
         print(f"[mathrl] {args.world_size} processes ({trainer.accelerator.distributed_type.value.lower()}, "
               f"{trainer.accelerator.device.type}); {batch_note}", flush=True)
-
-
-def weights_sharded(trainer: Any) -> bool:
-    """FSDP or DeepSpeed ZeRO-3: no process holds whole weights outside the wrapped model's forward."""
-    return bool(trainer.is_fsdp_enabled or (trainer.is_deepspeed_enabled
-                                            and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3))
-
-
-def finish_run(trainer: Any, out: Path, base_name: str, merge: bool, record: dict[str, Any]) -> None:
-    """Save model + tokenizer and `mathrl_config.json`. Every process must call this; only the main one writes.
-    Under ZeRO-3 or FSDP the sharded weights are gathered by `trainer.save_model` first."""
-    from mathrl.train.sft import save_model
-
-    record["world_size"] = trainer.args.world_size
-    is_peft = hasattr(trainer.model, "peft_config")
-    sharded = weights_sharded(trainer)
-    adapter_dir = out / "adapter" if is_peft and merge else out
-    if not is_peft or sharded:
-        trainer.save_model(str(adapter_dir))  # collective; writes weights + tokenizer on the main process
-    if trainer.is_world_process_zero():
-        if is_peft and sharded:
-            name_adapter_base(adapter_dir, base_name)
-            if merge:  # the adapter is on disk whole: merge from there
-                from mathrl import models
-
-                merged, tokenizer, _ = models.load_model(str(adapter_dir), dtype="fp32", device="cpu")
-                save_model(merged, tokenizer, out, base_name, merge=True)
-        elif is_peft:
-            save_model(trainer.model, trainer.processing_class, out, base_name, merge)
-        atomic_write_json(out / "mathrl_config.json", record)
-    trainer.accelerator.wait_for_everyone()
-
-
-def name_adapter_base(adapter_dir: Path, base_name: str) -> None:
-    """Record the base by its mathrl name (e.g. smollm2-135m), so the adapter loads offline anywhere."""
-    cfg_path = adapter_dir / "adapter_config.json"
-    adapter_cfg = json.loads(cfg_path.read_text())
-    adapter_cfg["base_model_name_or_path"] = base_name
-    atomic_write_json(cfg_path, adapter_cfg)

@@ -25,7 +25,7 @@ import torch
 from trl import GRPOTrainer
 
 from mathrl.models import unwrap_causal_lm
-from mathrl.train.common import weights_sharded
+from mathrl.train.saving import weights_sharded
 
 _MULTIMODAL = ("pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes", "num_tiles",
                "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids")

@@ -11,15 +11,15 @@ spread were replaced; `dynamic/*` keys give the batch as drawn (see mathrl.train
 
 from __future__ import annotations
 
-import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from mathrl import formats
+from mathrl.train.rl import check_markers, hacking_alarm, make_alarm_callback, training_prompts  # noqa: F401 - earlier home
+from mathrl.train.settings import HFSettings, RLSettings, opt
 from mathrl.errors import MathrlError
-from mathrl.train.common import PromptSettings
 from mathrl.tasks import Sample, get_task
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
@@ -27,173 +27,63 @@ PROMPT_POLICIES = ("uniform", "pass_rate")  # see mathrl.train.dynamic_sampling
 
 
 @dataclass
-class GRPORunConfig(PromptSettings):
-    rewards: str = field(default="correctness,format:0.5", metadata={"help": "NAME[:WEIGHT],... (see mathrl.rewards)"})
-    num_generations: int = field(default=8, metadata={"help": "completions per prompt (the GRPO group)"})
-    prompts_per_step: int = 4
-    batch_size: int | None = field(default=None, metadata={"help": "completions per device step; None: prompts_per_step x num_generations"})
-    grad_accum: int = 1
-    max_completion_length: int = 256
-    num_samples: int | None = field(default=None, metadata={"help": "training prompts drawn from the train split"})
-    sample_seed: int = 0
-    temperature: float = 1.0
-    top_p: float = 1.0
-    beta: float = field(default=0.0, metadata={"help": "KL coefficient; > 0 loads a reference model"})
-    loss_type: str = "dapo"
-    epsilon: float = 0.2
-    num_iterations: int = 1
-    scale_rewards: str = field(default="group", metadata={"help": "group | batch | none"})
-    mask_truncated_completions: bool = False
-    dynamic_sampling: bool = field(default=True, metadata={"help": (
-        "DAPO dynamic sampling: within a step, groups whose completions all got the same reward (zero advantage, "
-        "no gradient) are replaced by groups for other training prompts, generated and scored, for up to "
-        "max_refills rounds; the step trains on the refilled batch (same size)")})
-    max_refills: int = field(default=2, metadata={"help": "dynamic sampling: replacement rounds per step (0: only measure)"})
-    prompt_policy: str = field(default="uniform", metadata={"help": (
-        "uniform: replacements drawn uniformly (seeded); pass_rate: a per-prompt record of correctness steers "
-        "the step's prompts and replacements toward prompts neither always nor never solved (needs dynamic_sampling "
-        "and a correctness reward)")})
-    learning_rate: float = 1e-5
-    lr_scheduler: str = "constant_with_warmup"
-    warmup_ratio: float = 0.0
-    max_grad_norm: float = 1.0
-    weight_decay: float = 0.0
-    max_steps: int = 100
-    max_minutes: float | None = None
-    method: str = field(default="full", metadata={"help": "full | lora"})
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_targets: list[str] | str = "all-linear"
-    dtype: str = field(default="auto", metadata={"help": "auto: fp32 weights + bf16 autocast where bf16 is fast; bf16; fp32"})
-    fast: bool = field(default=True, metadata={"help": "shared-prompt log-probs and generation (FastGRPOTrainer)"})
-    segment_tokens: int = 16
-    vllm: str = field(default="auto", metadata={"help": "auto (with CUDA and vllm installed) | on | off"})
-    vllm_mode: str = field(default="colocate", metadata={"help": "colocate | server"})
-    vllm_server_url: str | None = field(default=None, metadata={"help": "server mode: `trl vllm-serve`'s URL; None: http://0.0.0.0:8000"})
-    gradient_checkpointing: bool | None = field(default=None, metadata={"help": "None: on with CUDA, off on CPU"})
-    optim: str = "auto"
-    alarm_window: int = field(default=10, metadata={"help": "logged steps the reward-hacking alarm looks back over"})
-    save_steps: int = 50
-    save_total_limit: int = 2
-    logging_steps: int = 1
-    log_completions: bool = False
-    seed: int = 42
-    report_to: str = "none"
-    merge: bool = False
-    resume: bool = False
-    output_dir: str = "runs/grpo"
+class GRPORunConfig(RLSettings, HFSettings):
+    """GRPO settings: the shared training and RL fields (`train/settings.py`) plus the group and TRL's loss."""
 
-    def decoding(self, protocol: Any = None) -> Any:
-        from mathrl.train.common import rl_decoding
+    num_generations: int = opt(8, "completions per prompt (the GRPO group)")
+    batch_size: int | None = opt(None, "completions per device step; None: prompts_per_step x num_generations")
+    beta: float = opt(0.0, "KL coefficient; > 0 loads a reference model")
+    loss_type: str = opt("dapo", "grpo | dr_grpo | dapo | bnpo")
+    epsilon: float = opt(0.2, "policy ratio clip")
+    num_iterations: int = opt(1, "optimisation passes per generation batch")
+    scale_rewards: str = opt("group", "group | batch | none")
+    mask_truncated_completions: bool = opt(False, "leave completions cut at max_completion_length out of the loss")
+    dynamic_sampling: bool = opt(True, "DAPO dynamic sampling: within a step, groups whose completions all got the same "
+                                 "reward (zero advantage, no gradient) are replaced by groups for other training prompts, "
+                                 "generated and scored, for up to max_refills rounds; the step trains on the refilled "
+                                 "batch (same size)")
+    max_refills: int = opt(2, "dynamic sampling: replacement rounds per step (0: only measure)")
+    prompt_policy: str = opt("uniform", "uniform: replacements drawn uniformly (seeded); pass_rate: a per-prompt record of "
+                             "correctness steers the step's prompts and replacements toward prompts neither always nor "
+                             "never solved (needs dynamic_sampling and a correctness reward)")
+    vllm: str = opt("auto", "auto (with CUDA and vllm installed) | on | off")
+    vllm_mode: str = opt("colocate", "colocate | server (start `trl vllm-serve` first)")
+    vllm_server_url: str | None = opt(None, "server mode: `trl vllm-serve`'s URL; None: http://0.0.0.0:8000")
+    # defaults that differ from the shared ones
+    fast: bool = opt(True, "shared-prompt log-probs and generation (FastGRPOTrainer); False: stock TRL")
+    output_dir: str = opt("runs/grpo", "where the model, log and reward curves go")
 
-        return rl_decoding(self, protocol)
+    TRAINER: ClassVar[str] = "GRPO"
 
     def completions_per_step(self) -> int:
         return self.batch_size or self.prompts_per_step * self.num_generations
 
-    def validate(self) -> None:
+    def checks(self) -> list[tuple[bool, str]]:
         per_step = self.completions_per_step()
-        checks = [
+        return super().checks() + [
             (self.num_generations >= 2, f"num_generations must be at least 2 (GRPO compares a group), got {self.num_generations}"),
-            (self.prompts_per_step >= 1, f"prompts_per_step must be at least 1, got {self.prompts_per_step}"),
             (per_step % self.num_generations == 0,
              f"batch_size {per_step} is not divisible by num_generations {self.num_generations}"),
             (self.loss_type in LOSS_TYPES, f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {self.loss_type!r}"),
-            (self.method in ("full", "lora"), f"method must be full or lora, got {self.method!r}"),
-            (self.max_completion_length >= 1, f"max_completion_length must be positive, got {self.max_completion_length}"),
-            (self.temperature > 0, f"temperature must be > 0 for GRPO sampling, got {self.temperature}"),
             (self.beta >= 0, f"beta must be >= 0, got {self.beta}"),
-            (self.learning_rate > 0, f"learning_rate must be positive, got {self.learning_rate}"),
-            (self.dtype in ("auto", "bf16", "fp32", "fp16"), f"dtype must be auto, bf16, fp16 or fp32, got {self.dtype!r}"),
             (self.vllm in ("auto", "on", "off"), f"vllm must be auto, on or off, got {self.vllm!r}"),
             (self.vllm_mode in ("colocate", "server"), f"vllm_mode must be colocate or server, got {self.vllm_mode!r}"),
             (self.scale_rewards in ("group", "batch", "none"), f"scale_rewards must be group, batch or none, got {self.scale_rewards!r}"),
-            (self.max_steps >= 1, f"max_steps must be at least 1, got {self.max_steps}"),
-            (0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}"),
             (self.max_refills >= 0, f"max_refills must be >= 0, got {self.max_refills}"),
             (self.prompt_policy in PROMPT_POLICIES, f"prompt_policy must be one of {', '.join(PROMPT_POLICIES)}, got {self.prompt_policy!r}"),
             (self.prompt_policy != "pass_rate" or self.dynamic_sampling,
              "prompt_policy pass_rate works inside dynamic sampling; drop --no-dynamic-sampling or use uniform"),
         ]
-        for ok, msg in checks:
-            if not ok:
-                raise MathrlError(msg)
-        formats.get_format(self.format)
-        from mathrl.rewards import build_rewards
 
-        funcs, _ = build_rewards(self.rewards, self.format)  # unknown reward names fail before any model loads
-        if self.prompt_policy == "pass_rate" and not any(f.__name__.startswith("correctness") for f in funcs):
-            raise MathrlError(f"prompt_policy pass_rate measures pass rates with a correctness reward; --rewards {self.rewards!r} has none")
+    def validate(self) -> None:
+        super().validate()
+        if self.prompt_policy == "pass_rate":
+            from mathrl.rewards import build_rewards
 
-
-
-def training_prompts(cfg: GRPORunConfig) -> list[Sample]:
-    task = get_task(cfg.task, cfg.task_config, data_dir=cfg.data_dir, **cfg.task_args)
-    try:
-        pool = [s for s in task.load_train() if s.answer not in (None, "")]
-    except MathrlError as e:
-        raise MathrlError(f"GRPO needs the task's train split: {e}") from None
-    if not pool:
-        raise MathrlError(f"task {cfg.task!r} has no train samples with gold answers; GRPO needs them")
-    if cfg.num_samples is not None and cfg.num_samples < len(pool):
-        pool = random.Random(cfg.sample_seed).sample(pool, cfg.num_samples)
-    return pool
-
-
-def check_markers(tokenizer: Any, markers: list[str]) -> None:
-    """Every format marker must survive encode → decode, or the format reward could never fire."""
-    for m in markers:
-        ids = tokenizer(m, add_special_tokens=False)["input_ids"]
-        if tokenizer.decode(ids) != m:
-            raise MathrlError(f"format marker {m!r} does not survive this tokenizer (decodes to "
-                              f"{tokenizer.decode(ids)!r}); choose another --format")
-
-
-def hacking_alarm(rows: list[dict[str, Any]], window: int, rise: float = 0.2, flat: float = 0.02) -> str | None:
-    """A message when, over the last `window` logged steps, format rewards rose by `rise` or more (mean of
-    the second half minus the first) while correctness moved less than `flat` (the seeds' failure mode:
-    format reward → 1, accuracy → 0). With dynamic sampling it reads the rewards of the batches as drawn
-    (`dynamic/sampled/rewards/*`): the trained batches are selected for reward spread, which would hide
-    a format reward saturating."""
-    recent = [r for r in rows if any(k.startswith("rewards/") for k in r)][-window:]
-    if window < 4 or len(recent) < window:
-        return None
-    source = "dynamic/sampled/rewards/" if all("dynamic/sampled/reward" in r for r in recent) else "rewards/"
-
-    def trend(prefix: str) -> float | None:
-        keys = {k for r in recent for k in r if k.startswith(f"{source}{prefix}") and k.endswith("/mean")}
-        if not keys:
-            return None
-        series = [sum(r.get(k, 0.0) for k in keys) for r in recent]
-        half = len(series) // 2
-        return sum(series[half:]) / (len(series) - half) - sum(series[:half]) / half
-
-    fmt, correct = trend("format"), trend("correctness")
-    if fmt is None or correct is None or fmt < rise or abs(correct) >= flat:
-        return None
-    return (f"possible reward hacking: format reward rose by {fmt:+.2f} over the last {window} logged steps "
-            f"while correctness changed by {correct:+.3f}")
-
-
-def make_alarm_callback(window: int) -> Any:
-    """Adds `alarm` to the step's logs (the log callback after it writes it) and prints a warning."""
-    from transformers import TrainerCallback
-
-    class RewardHackingAlarm(TrainerCallback):
-        def __init__(self) -> None:
-            self.rows: list[dict[str, Any]] = []
-
-        def on_log(self, args, state, control, logs=None, **kw):  # noqa: ANN001 - transformers' signature
-            if not logs or "reward" not in logs:
-                return
-            self.rows.append(dict(logs))
-            message = hacking_alarm(self.rows, window)
-            if message:
-                logs["alarm"] = message
-                print(f"warning: step {state.global_step}: {message}", flush=True)
-
-    return RewardHackingAlarm()
+            funcs, _ = build_rewards(self.rewards, self.format)
+            if not any(f.__name__.startswith("correctness") for f in funcs):
+                raise MathrlError(f"prompt_policy pass_rate measures pass rates with a correctness reward; "
+                                  f"--rewards {self.rewards!r} has none")
 
 
 def _use_vllm(cfg: GRPORunConfig) -> bool:
@@ -224,12 +114,13 @@ def build_trainer(cfg: GRPORunConfig) -> tuple[Any, list[Sample], dict[str, Any]
     decoding = cfg.decoding(protocol)
     task = get_task(cfg.task, cfg.task_config, data_dir=cfg.data_dir, **cfg.task_args)
     reward_funcs, weights = build_rewards(cfg.rewards, cfg.format, task, decoding.stop)
-    model, tokenizer, info = models.load_model(cfg.model, "fp32" if cfg.dtype == "auto" else cfg.dtype)
+    model, tokenizer, info = models.load_model(cfg.model, cfg.weight_dtype())
     check_markers(tokenizer, protocol.resolved_format().markers)
     # TRL tokenizes string prompts with special tokens on: hand it text that gives evaluation's ids
     dataset = Dataset.from_list([{"prompt": text_for_tokenizer(tokenizer, formats.build_prompt(s.question, protocol, tokenizer)),
                                   "answer": s.answer, "answer_type": task.sample_answer_type(s)} for s in samples])
     on_cuda = common.cuda_available()
+    fast_bf16 = on_cuda or models.cpu_has_fast_bf16()
     args = GRPOConfig(
         output_dir=cfg.output_dir, max_steps=cfg.max_steps, per_device_train_batch_size=cfg.completions_per_step(),
         gradient_accumulation_steps=cfg.grad_accum, num_generations=cfg.num_generations,
@@ -241,13 +132,13 @@ def build_trainer(cfg: GRPORunConfig) -> tuple[Any, list[Sample], dict[str, Any]
         max_grad_norm=cfg.max_grad_norm, weight_decay=cfg.weight_decay,
         activation_checkpointing=on_cuda if cfg.gradient_checkpointing is None else cfg.gradient_checkpointing,
         optim=common.pick_optimizer(cfg.optim),
-        bf16=cfg.dtype in ("auto", "bf16") and (on_cuda or models.cpu_has_fast_bf16()),
+        bf16=cfg.autocast_bf16(fast_bf16),  # autocast over fp32 master weights
         use_cpu=not on_cuda, use_vllm=vllm, vllm_mode=cfg.vllm_mode, vllm_server_base_url=cfg.vllm_server_url,
         save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit, logging_steps=cfg.logging_steps,
         log_completions=cfg.log_completions, report_to=cfg.report_to, seed=cfg.seed, data_seed=cfg.seed,
         dataloader_num_workers=0, ddp_find_unused_parameters=False,
     )
-    models.set_attention(model, args.bf16)  # bf16 autocast: eager on CPU, flash-attn on CUDA when installed
+    models.set_attention(model, cfg.half_compute(fast_bf16))  # half compute: mathrl_gqa on CPU, flash-attn on CUDA
     peft_config = None
     if cfg.method == "lora":
         peft_config = common.lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
@@ -275,8 +166,8 @@ def build_trainer(cfg: GRPORunConfig) -> tuple[Any, list[Sample], dict[str, Any]
 
 def run_grpo(cfg: GRPORunConfig) -> dict[str, Any]:
     """Train, save model + tokenizer + log + reward curves into cfg.output_dir; return the run record."""
-    from mathrl.evaluate import library_versions
-    from mathrl.train import common
+    from mathrl.provenance import library_versions
+    from mathrl.train import common, saving
     from mathrl.train.fast_grpo import FastGRPOTrainer
 
     cfg.validate()
@@ -305,5 +196,5 @@ def run_grpo(cfg: GRPORunConfig) -> dict[str, Any]:
          "sampler": "trl", "stop": []},
         "resumed_from": checkpoint, "versions": library_versions(),
     }
-    common.finish_run(trainer, out, cfg.model, cfg.merge, record)
+    saving.finish_run(trainer, out, cfg.model, cfg.merge, record)
     return record

@@ -26,7 +26,7 @@ import json
 import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -36,89 +36,10 @@ from torch import nn
 from mathrl import formats
 from mathrl.errors import MathrlError
 from mathrl.tasks import get_task
-from mathrl.train.common import PromptSettings
+from mathrl.train.settings import PPORunConfig  # noqa: F401 - in settings.py so the CLI need not import torch
 from mathrl.files import JsonlAppender, atomic_write_json, atomic_write_text
 from mathrl.train import ppo_core
 from mathrl.train.rollout import Rollout, collect_rollouts, policy_token_stats, prompt_indices
-
-
-@dataclass
-class PPORunConfig(PromptSettings):
-    rewards: str = field(default="correctness,format:0.5", metadata={"help": "NAME[:WEIGHT],... (see mathrl.rewards)"})
-    prompts_per_step: int = 32
-    rollouts_per_prompt: int = 1
-    mini_batch_size: int = field(default=8, metadata={"help": "rollouts per optimizer step"})
-    grad_accum: int = field(default=1, metadata={"help": "micro-batches per mini-batch"})
-    ppo_epochs: int = field(default=2, metadata={"help": "passes over each rollout batch"})
-    max_completion_length: int = 256
-    num_samples: int | None = field(default=None, metadata={"help": "training prompts drawn from the train split"})
-    sample_seed: int = 0
-    temperature: float = 1.0
-    top_p: float = 1.0
-    kl_coef: float = field(default=0.05, metadata={"help": "per-token KL penalty to the reference; 0: no reference model"})
-    gamma: float = 0.99
-    lam: float = 0.95
-    clip: float = field(default=0.2, metadata={"help": "policy ratio clip ε"})
-    value_clip: float = 0.2
-    vf_coef: float = 0.1
-    ent_coef: float = 0.01
-    whiten_advantages: bool = True
-    learning_rate: float = 3e-6
-    value_learning_rate: float | None = field(default=None, metadata={"help": "value head lr; None: 10 x learning_rate"})
-    lr_scheduler: str = "constant_with_warmup"
-    warmup_steps: int = 0
-    max_grad_norm: float = 1.0
-    weight_decay: float = 0.0
-    max_steps: int = 100
-    max_minutes: float | None = None
-    method: str = field(default="full", metadata={"help": "full | lora"})
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_targets: list[str] | str = "all-linear"
-    dtype: str = field(default="auto", metadata={"help": "auto: fp32 weights + bf16 autocast where bf16 is fast; bf16; fp32"})
-    segment_tokens: int = 16
-    alarm_window: int = 10
-    save_steps: int = 20
-    save_total_limit: int = 2
-    log_completions: bool = False
-    seed: int = 42
-    merge: bool = False
-    resume: bool = False
-    output_dir: str = "runs/ppo"
-
-    def rollouts_per_step(self) -> int:
-        return self.prompts_per_step * self.rollouts_per_prompt
-
-    def validate(self) -> None:
-        n = self.rollouts_per_step()
-        checks = [
-            (self.prompts_per_step >= 1, f"prompts_per_step must be at least 1, got {self.prompts_per_step}"),
-            (self.rollouts_per_prompt >= 1, f"rollouts_per_prompt must be at least 1, got {self.rollouts_per_prompt}"),
-            (self.mini_batch_size >= 1 and n % self.mini_batch_size == 0,
-             f"rollouts per step {n} (prompts_per_step x rollouts_per_prompt) is not divisible by mini_batch_size {self.mini_batch_size}"),
-            (self.grad_accum >= 1 and self.mini_batch_size % self.grad_accum == 0,
-             f"mini_batch_size {self.mini_batch_size} is not divisible by grad_accum {self.grad_accum}"),
-            (self.ppo_epochs >= 1, f"ppo_epochs must be at least 1, got {self.ppo_epochs}"),
-            (self.max_completion_length >= 1, f"max_completion_length must be positive, got {self.max_completion_length}"),
-            (self.temperature > 0, f"temperature must be > 0 for PPO sampling, got {self.temperature}"),
-            (self.kl_coef >= 0, f"kl_coef must be >= 0, got {self.kl_coef}"),
-            (0 <= self.gamma <= 1 and 0 <= self.lam <= 1, f"gamma and lam must be in [0, 1], got {self.gamma}, {self.lam}"),
-            (self.clip > 0 and self.value_clip > 0, f"clip and value_clip must be positive, got {self.clip}, {self.value_clip}"),
-            (self.learning_rate > 0, f"learning_rate must be positive, got {self.learning_rate}"),
-            (self.method in ("full", "lora"), f"method must be full or lora, got {self.method!r}"),
-            (self.dtype in ("auto", "bf16", "fp32"), f"dtype must be auto, bf16 or fp32, got {self.dtype!r}"),
-            (self.max_steps >= 1, f"max_steps must be at least 1, got {self.max_steps}"),
-            (self.save_steps >= 1, f"save_steps must be at least 1, got {self.save_steps}"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise MathrlError(msg)
-        formats.get_format(self.format)
-        from mathrl.rewards import build_rewards
-
-        build_rewards(self.rewards, self.format)
-
 
 
 class PolicyAndValue(nn.Module):
@@ -234,27 +155,27 @@ def run_ppo(cfg: PPORunConfig) -> dict[str, Any]:
     from transformers import get_scheduler
 
     from mathrl import models
-    from mathrl.evaluate import library_versions
+    from mathrl.provenance import library_versions
     from mathrl.rewards import build_rewards
     from mathrl.train import common
-    from mathrl.train.grpo import check_markers, hacking_alarm, training_prompts
-    from mathrl.train.sft import save_model
+    from mathrl.train.rl import check_markers, hacking_alarm, training_prompts
+    from mathrl.train.saving import save_model
 
     cfg.validate()
     out = Path(cfg.output_dir)
     checkpoint = common.checkpoint_to_resume(out, cfg.resume)
-    samples = training_prompts(cfg)  # type: ignore[arg-type] - the fields it reads are shared with GRPO
+    samples = training_prompts(cfg)
     protocol = cfg.protocol()
-    settings = common.rl_decoding(cfg, protocol)
+    settings = cfg.decoding(protocol)
     task = get_task(cfg.task, cfg.task_config, data_dir=cfg.data_dir, **cfg.task_args)
     reward_funcs, weights = build_rewards(cfg.rewards, cfg.format, task, settings.stop)
     on_cuda = common.cuda_available()
     accelerator = Accelerator(cpu=not on_cuda)
-    bf16 = cfg.dtype == "auto" and (on_cuda or models.cpu_has_fast_bf16())
-    model, tokenizer, info = models.load_model(cfg.model, "fp32" if cfg.dtype == "auto" else cfg.dtype,
-                                               device=str(accelerator.device))
+    fast_bf16 = on_cuda or models.cpu_has_fast_bf16()
+    bf16 = cfg.autocast_bf16(fast_bf16)
+    model, tokenizer, info = models.load_model(cfg.model, cfg.weight_dtype(), device=str(accelerator.device))
     check_markers(tokenizer, protocol.resolved_format().markers)
-    models.set_attention(model, bf16)
+    models.set_attention(model, cfg.half_compute(fast_bf16))
     ref = _reference(model, cfg)
     if cfg.method == "lora":
         from peft import get_peft_model

@@ -11,73 +11,52 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from mathrl import formats
 from mathrl.errors import MathrlError
-from mathrl.train.common import PromptSettings
+from mathrl.train.settings import HFSettings, opt
 from mathrl.tasks import Sample, get_task
 
 STAGE_SIZES = {"full": 1024, "rl_prep": 256}  # the seeds' two SFT stages
 
 
 @dataclass
-class SFTRunConfig(PromptSettings):
-    loss: str = field(default="completion", metadata={"help": "completion (prompt masked) | full"})
-    method: str = field(default="full", metadata={"help": "full | lora | qlora (CUDA only)"})
-    stage: str | None = field(default=None, metadata={"help": "full (1,024 samples) | rl_prep (256); None: all"})
-    num_samples: int | None = field(default=None, metadata={"help": "training samples (overrides stage)"})
-    sample_seed: int = 0
-    epochs: float = 1.0
-    max_steps: int = field(default=-1, metadata={"help": "stop after this many optimizer steps (-1: epochs decide)"})
-    max_minutes: float | None = field(default=None, metadata={"help": "stop (and save) after this much training time"})
-    learning_rate: float = 1e-4
-    lr_scheduler: str = "cosine"
-    warmup_ratio: float = 0.05
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    batch_size: int = 16
-    grad_accum: int = 1
-    max_length: int = 512
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_targets: list[str] | str = "all-linear"
-    gradient_checkpointing: bool | None = field(default=None, metadata={"help": "None: on with CUDA, off on CPU"})
-    optim: str = field(default="auto", metadata={"help": "auto: adamw_8bit with CUDA+bitsandbytes, else adamw_torch"})
-    dtype: str = field(default="auto", metadata={"help": "auto: fp32 weights + bf16 autocast where bf16 is fast; bf16; fp32"})
-    save_steps: int = 50
-    save_total_limit: int = 2
-    logging_steps: int = 1
-    seed: int = 42
-    report_to: str = field(default="none", metadata={"help": "none | tensorboard | trackio | wandb"})
-    fast: bool = field(default=True, metadata={"help": "run each batch's shared prompt prefix once, skip padding "
-                                                       "(FastSFTTrainer: TRL's loss and gradients); False: stock TRL"})
-    merge: bool = field(default=False, metadata={"help": "LoRA: also write merged full weights"})
-    resume: bool = False
-    output_dir: str = "runs/sft"
+class SFTRunConfig(HFSettings):
+    """SFT settings: the shared training fields (`train/settings.py`) plus the loss, data size and batch."""
 
-    def validate(self) -> None:
-        checks = [
+    loss: str = opt("completion", "completion (prompt masked) | full")
+    stage: str | None = opt(None, "full (1,024 samples) | rl_prep (256); None: all")
+    train_samples: int | None = opt(None, "training examples (overrides stage)")
+    epochs: float = opt(1.0, "passes over the training examples (max_steps > 0 overrides)")
+    batch_size: int = opt(16, "examples per device micro-batch")
+    max_length: int = opt(512, "tokens per example (prompt + completion), longer ones truncated")
+    # defaults that differ from the shared ones
+    method: str = opt("full", "full | lora | qlora (CUDA only)")
+    learning_rate: float = opt(1e-4, "peak learning rate")
+    lr_scheduler: str = opt("cosine", "transformers scheduler name: cosine, linear, constant_with_warmup, ...")
+    warmup_ratio: float = opt(0.05, "warmup as a fraction of the steps, in [0, 1)")
+    max_steps: int = opt(-1, "stop after this many optimizer steps (-1: epochs decide)")
+    fast: bool = opt(True, "run each batch's shared prompt prefix once, skip padding (FastSFTTrainer: TRL's loss "
+                           "and gradients); False: stock TRL")
+    output_dir: str = opt("runs/sft", "where the model, log and curves go")
+
+    METHODS: ClassVar[tuple[str, ...]] = ("full", "lora", "qlora")
+    RENAMED: ClassVar[dict[str, str]] = {"num_samples": "train_samples"}
+    TRAINER: ClassVar[str] = "SFT"
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return super().checks() + [
             (self.loss in ("completion", "full"), f"loss must be completion or full, got {self.loss!r}"),
-            (self.method in ("full", "lora", "qlora"), f"method must be full, lora or qlora, got {self.method!r}"),
             (self.stage in (None, *STAGE_SIZES), f"stage must be one of {', '.join(STAGE_SIZES)}, got {self.stage!r}"),
-            (self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be at least 1"),
-            (self.num_samples is None or self.num_samples >= 1, f"num_samples must be positive, got {self.num_samples}"),
-            (self.learning_rate > 0, f"learning_rate must be positive, got {self.learning_rate}"),
-            (self.dtype in ("auto", "bf16", "fp32", "fp16"), f"dtype must be auto, bf16, fp16 or fp32, got {self.dtype!r}"),
-            (0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}"),
+            (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
+            (self.train_samples is None or self.train_samples >= 1, f"train_samples must be positive, got {self.train_samples}"),
         ]
-        for ok, msg in checks:
-            if not ok:
-                raise MathrlError(msg)
-        formats.get_format(self.format)
-
 
     def size(self) -> int | None:
-        return self.num_samples or (STAGE_SIZES[self.stage] if self.stage else None)
+        return self.train_samples or (STAGE_SIZES[self.stage] if self.stage else None)
 
 
 def training_samples(cfg: SFTRunConfig) -> list[Sample]:
@@ -134,8 +113,7 @@ def _load(cfg: SFTRunConfig) -> tuple[Any, Any, dict[str, Any]]:
         model = prepare_model_for_kbit_training(model)
         return model, models.load_tokenizer(path), {"name": cfg.model, "kind": kind, "path": path,
                                                      "revision": models.model_revision(path, kind, model)}
-    weights = "fp32" if cfg.dtype == "auto" else cfg.dtype
-    return models.load_model(cfg.model, weights)
+    return models.load_model(cfg.model, cfg.weight_dtype())
 
 
 def build_trainer(cfg: SFTRunConfig) -> tuple[Any, list[Sample], dict[str, Any], list[str]]:
@@ -171,12 +149,12 @@ def build_trainer(cfg: SFTRunConfig) -> tuple[Any, list[Sample], dict[str, Any],
         completion_only_loss=cfg.loss == "completion",
         activation_checkpointing=on_cuda if cfg.gradient_checkpointing is None else cfg.gradient_checkpointing,
         optim=common.pick_optimizer(cfg.optim),
-        bf16=cfg.dtype == "auto" and fast_bf16,  # autocast over fp32 master weights
+        bf16=cfg.autocast_bf16(fast_bf16),  # autocast over fp32 master weights
         use_cpu=not on_cuda, save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
         logging_steps=cfg.logging_steps, report_to=cfg.report_to, seed=cfg.seed, data_seed=cfg.seed,
         dataloader_num_workers=0, ddp_find_unused_parameters=False,
     )
-    models.set_attention(model, args.bf16)  # bf16 autocast: eager on CPU, flash-attn on CUDA when installed
+    models.set_attention(model, cfg.half_compute(fast_bf16))  # half compute: mathrl_gqa on CPU, flash-attn on CUDA
     peft_config = None
     if cfg.method in ("lora", "qlora"):
         peft_config = common.lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
@@ -194,8 +172,8 @@ def build_trainer(cfg: SFTRunConfig) -> tuple[Any, list[Sample], dict[str, Any],
 
 def run_sft(cfg: SFTRunConfig) -> dict[str, Any]:
     """Train, save model + tokenizer + config + log + curves into cfg.output_dir; return the run record."""
-    from mathrl.evaluate import library_versions
-    from mathrl.train import common
+    from mathrl.provenance import library_versions
+    from mathrl.train import common, saving
 
     cfg.validate()
     out = Path(cfg.output_dir)
@@ -219,25 +197,6 @@ def run_sft(cfg: SFTRunConfig) -> dict[str, Any]:
         tokens = max((r.get("num_tokens", 0) for r in common.read_log(out / "train_log.jsonl")), default=0)
         record["train_tokens"] = int(tokens)
         record["tokens_per_second"] = round(tokens / train_seconds, 1) if tokens and not checkpoint else None
-    common.finish_run(trainer, out, cfg.model, cfg.merge, record)
+    saving.finish_run(trainer, out, cfg.model, cfg.merge, record)
     return record
 
-
-def save_model(model: Any, tokenizer: Any, out: Path, base_name: str, merge: bool) -> None:
-    """Full model → safetensors in `out`. LoRA → adapter in `out` (or `out/adapter` plus merged weights
-    in `out` with merge), its base recorded by mathrl name so it loads offline."""
-    is_peft = hasattr(model, "peft_config")
-    if not is_peft:
-        model.save_pretrained(out, safe_serialization=True)
-        tokenizer.save_pretrained(out)
-        return
-    adapter_dir = out / "adapter" if merge else out
-    model.save_pretrained(adapter_dir, safe_serialization=True)
-    tokenizer.save_pretrained(adapter_dir)
-    from mathrl.train.common import name_adapter_base
-
-    name_adapter_base(adapter_dir, base_name)
-    if merge:
-        merged = model.merge_and_unload()
-        merged.save_pretrained(out, safe_serialization=True)
-        tokenizer.save_pretrained(out)
