@@ -56,11 +56,13 @@ class Calibration:
     model: str
     dtype: str
     cpu_flags: str
-    decode_tokens_per_s: float  # generated tokens/s at `decode_batch` rows (prefill included)
+    decode_tokens_per_s: float  # generated tokens/s at `decode_batch` rows, decode steps only
     decode_batch: int
-    train_tokens_per_s: float  # tokens/s of forward + backward + optimizer step
+    train_tokens_per_s: float  # tokens/s of forward + backward + optimizer step, every position projected
     train_batch: int
     seconds: float
+    prefill_s_per_row: float = 0.0  # prompt prefill per row at `decode_batch` rows (shared prefix computed once)
+    head_fraction: float = 0.0  # share of a token's training FLOPs in the LM head (vocab x hidden)
 
 
 def cpu_flags() -> str:
@@ -85,11 +87,19 @@ def calibrate(model_name: str, prompts: list[str], train_texts: list[str], dtype
     model, tok, info = models.load_model(model_name, dtype)
     rows = (prompts * decode_batch)[:decode_batch]
     gen = HFGenerator(model, tok, batch_size=decode_batch, progress=False, segment_tokens=16)
-    gen.generate(rows[:2], DecodingSettings(max_new_tokens=2))  # warm-up
-    start = time.perf_counter()
-    outs = gen.generate(rows, DecodingSettings(max_new_tokens=16))
-    decode_s = time.perf_counter() - start
-    generated = max(1, sum(c[0].num_tokens for c in outs))
+    gen.generate(rows[:2], DecodingSettings(max_new_tokens=2))  # warm-up (and the shared-prefix cache)
+    # prefill and decoding separately: a 1-token run is the prefill; the extra time of a 33-token run is
+    # 32 decode steps (mixing them overstated evaluation time by ~25% here)
+    timed = []
+    for new in (1, 33):
+        start = time.perf_counter()
+        outs = gen.generate(rows, DecodingSettings(max_new_tokens=new))
+        timed.append((time.perf_counter() - start, sum(c[0].num_tokens for c in outs)))
+    (prefill_s, first), (both_s, total) = timed
+    decode_rate = max(1, total - first) / max(both_s - prefill_s, 1e-6)
+    embed = model.get_input_embeddings().weight
+    params = sum(p.numel() for p in model.parameters())
+    head_fraction = embed.numel() / max(1, params)  # body FLOPs: params less the lookup table; head: vocab x hidden
     # a training step at the planned shapes, on the model in fp32 master weights (as the trainers do)
     train_model, _, _ = models.load_model(model_name, "fp32" if dtype == "auto" else dtype)
     train_model.train()
@@ -109,9 +119,10 @@ def calibrate(model_name: str, prompts: list[str], train_texts: list[str], dtype
         train_s = time.perf_counter() - start
     tokens = int(batch["attention_mask"].sum())
     return Calibration(model=model_name, dtype=info["dtype"], cpu_flags=cpu_flags(),
-                       decode_tokens_per_s=round(generated / decode_s, 2), decode_batch=decode_batch,
+                       decode_tokens_per_s=round(decode_rate, 2), decode_batch=decode_batch,
                        train_tokens_per_s=round(tokens / train_s, 2), train_batch=train_batch,
-                       seconds=round(time.perf_counter() - t0, 1))
+                       seconds=round(time.perf_counter() - t0, 1), prefill_s_per_row=round(prefill_s / len(rows), 4),
+                       head_fraction=round(head_fraction, 3))
 
 
 def _sizes(stage: Any) -> dict[str, Any]:
@@ -122,7 +133,7 @@ def eval_seconds(stage: Any, cal: Calibration, trained_len: float | None, n_defa
     s = _sizes(stage)
     n = (s.get("limit") or n_default) * (s.get("completions_per_question") or s.get("num_samples", 1))
     per = s.get("max_new_tokens", 512) if trained_len is None else min(s.get("max_new_tokens", 512), 1.3 * trained_len)
-    return STAGE_OVERHEAD_S + n * per / cal.decode_tokens_per_s
+    return STAGE_OVERHEAD_S + n * cal.prefill_s_per_row + n * per / cal.decode_tokens_per_s
 
 
 def step_seconds(stage: Any, cal: Calibration, prompt_len: float, solution_len: float, shared_len: float = 0.0) -> float:
@@ -130,19 +141,26 @@ def step_seconds(stage: Any, cal: Calibration, prompt_len: float, solution_len: 
     (SFT: the system prompt and chat header, `shared_len` tokens) and each distinct prompt once per group
     (GRPO), so those tokens are counted once."""
     s = _sizes(stage)
+    fast = s.get("fast", True)
+    h = cal.head_fraction if fast else 0.0  # the fast trainers project only labelled positions onto the vocabulary
+
+    def train_s(body_tokens: float, labelled: float) -> float:
+        return (body_tokens * (1 - h) + labelled * h) / cal.train_tokens_per_s
+
     if stage.kind == "sft":
         batch = s.get("batch_size", 16)
-        shared = shared_len if s.get("fast", True) else 0.0
+        shared = shared_len if fast else 0.0
         tokens = batch * (prompt_len + solution_len + 1) - (batch - 1) * shared
-        return s.get("grad_accum", 1) * tokens / cal.train_tokens_per_s
+        labelled = tokens if s.get("loss") == "full" else batch * (solution_len + 1)
+        return s.get("grad_accum", 1) * train_s(tokens, labelled)
     per_prompt = s.get("num_generations", 8) if stage.kind == "grpo" else s.get("rollouts_per_prompt", 1)
     prompts = s.get("prompts_per_step", 4)
     rows = prompts * per_prompt
     completion = min(s.get("max_completion_length", 256), 1.5 * solution_len)
-    generate = rows * completion / cal.decode_tokens_per_s
-    prompt_rows = prompts if s.get("fast", True) else rows
+    generate = prompts * cal.prefill_s_per_row + rows * completion / cal.decode_tokens_per_s
+    prompt_rows = prompts if fast else rows
     passes = s.get("ppo_epochs", 1) + 1 if stage.kind == "ppo" else s.get("num_iterations", 1)
-    return generate + passes * (prompt_rows * prompt_len + rows * completion) / cal.train_tokens_per_s
+    return generate + passes * train_s(prompt_rows * prompt_len + rows * completion, rows * completion)
 
 
 def make_plan(stages: list[Any], budget_s: float, cal: Calibration, prompt_len: float, solution_len: float,
