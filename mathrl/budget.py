@@ -97,6 +97,7 @@ def calibrate(model_name: str, prompts: list[str], train_texts: list[str], dtype
         timed.append((time.perf_counter() - start, sum(c[0].num_tokens for c in outs)))
     (prefill_s, first), (both_s, total) = timed
     decode_rate = max(1, total - first) / max(both_s - prefill_s, 1e-6)
+    prefill_per_row = prefill_s / len(rows)
     embed = model.get_input_embeddings().weight
     params = sum(p.numel() for p in model.parameters())
     head_fraction = embed.numel() / max(1, params)  # body FLOPs: params less the lookup table; head: vocab x hidden
@@ -107,8 +108,8 @@ def calibrate(model_name: str, prompts: list[str], train_texts: list[str], dtype
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if info["dtype"] == "bfloat16" else torch.autocast("cpu", enabled=False)
     # a 1-row step allocates the optimizer state; the timed step has the planned batch size (matmuls are
     # more efficient on more rows: a 4-row step underestimated a 16-row step's rate by ~1.8x here)
-    for rows in (1, train_batch):
-        texts = (train_texts * rows)[:rows]
+    for n_rows in (1, train_batch):
+        texts = (train_texts * n_rows)[:n_rows]
         batch = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(train_model.device)
         start = time.perf_counter()
         with autocast:
@@ -121,7 +122,7 @@ def calibrate(model_name: str, prompts: list[str], train_texts: list[str], dtype
     return Calibration(model=model_name, dtype=info["dtype"], cpu_flags=cpu_flags(),
                        decode_tokens_per_s=round(decode_rate, 2), decode_batch=decode_batch,
                        train_tokens_per_s=round(tokens / train_s, 2), train_batch=train_batch,
-                       seconds=round(time.perf_counter() - t0, 1), prefill_s_per_row=round(prefill_s / len(rows), 4),
+                       seconds=round(time.perf_counter() - t0, 1), prefill_s_per_row=round(prefill_per_row, 4),
                        head_fraction=round(head_fraction, 3))
 
 

@@ -56,6 +56,7 @@ def test_loss_falls_and_outputs_written(tiny_model_dir, tmp_path):
     assert record["global_step"] == 12
     saved = json.loads((out / "mathrl_config.json").read_text())
     assert saved["config"]["learning_rate"] == 1e-2 and "torch" in saved["versions"]
+    assert saved["trainer"] == "sft"  # every trainer's record names its trainer
 
 
 def test_resume_continues_at_saved_step(tiny_model_dir, tmp_path):

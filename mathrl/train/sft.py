@@ -185,7 +185,7 @@ def run_sft(cfg: SFTRunConfig) -> dict[str, Any]:
     result = trainer.train(resume_from_checkpoint=checkpoint)
     train_seconds = time.perf_counter() - start
     record = {
-        "config": asdict(cfg), "base_model": info, "added_tokens": new_tokens, "num_samples": len(samples),
+        "trainer": "sft", "config": asdict(cfg), "base_model": info, "added_tokens": new_tokens, "num_samples": len(samples),
         "train_seconds": round(train_seconds, 1), "global_step": trainer.state.global_step,
         "planned_steps": getattr(trainer.state, "planned_steps", trainer.state.max_steps),
         "train_loss": round(result.training_loss, 4), "train_tokens": None, "tokens_per_second": None,
