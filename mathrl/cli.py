@@ -227,13 +227,15 @@ def export(
 @app.command()
 def chat(
     model: str = typer.Option("smollm2-135m", help="Model or training output directory."),
-    question: Optional[str] = typer.Argument(None, help="Question to answer; omit to type questions interactively."),
+    questions: Optional[list[str]] = typer.Argument(None, help="Questions to answer, one argument each; omit to type "
+                                                    "questions interactively."),
     format: str = typer.Option("gsm8k", "--format"),
     chat_template: bool = typer.Option(True, "--chat-template/--no-chat-template"),
     max_new_tokens: int = typer.Option(256), temperature: float = typer.Option(0.0),
     dtype: str = typer.Option("auto"),
 ) -> None:
-    """Answer a question with a model, showing the completion and the extracted answer."""
+    """Answer questions with a model (greedy unless --temperature), showing each completion and the
+    extracted answer. Run it with a base model and a trained one to compare them before/after."""
     from mathrl import formats, models
     from mathrl.decoding import DecodingSettings
     from mathrl.generation import HFGenerator
@@ -245,8 +247,10 @@ def chat(
     params.validate()
     m, tok, _ = models.load_model(model, dtype)
     gen = HFGenerator(m, tok, batch_size=1, progress=False)
-    questions = [question] if question else iter(lambda: typer.prompt("question (empty to quit)", default="", show_default=False), "")
-    for q in questions:
+    asked = list(questions or []) or iter(lambda: typer.prompt("question (empty to quit)", default="", show_default=False), "")
+    for q in asked:
+        if questions and len(questions) > 1:
+            typer.secho(f"> {q}", bold=True)
         text = gen.generate([formats.build_prompt(q, proto, tok)], params)[0][0].text
         typer.echo(text)
         verdict = grade_completion(fmt, None, text, None)
@@ -260,11 +264,17 @@ def report(
     metric: str = typer.Option("strict", help="strict or flexible: the metric of the plots and paired tests."),
     bootstrap: int = typer.Option(2000, help="Bootstrap resamples for the 95% intervals."),
     seed: int = typer.Option(0, help="Bootstrap seed."),
+    flips: Optional[str] = typer.Option(None, help="Comma-separated eval or model labels of one task (e.g. "
+                                        "base,sft,ppo): write flips.md, the questions where their verdicts differ."),
+    flips_n: int = typer.Option(5, help="Questions shown in flips.md (the first in test order)."),
 ) -> None:
-    """Compare evaluations: accuracy with bootstrap intervals, McNemar tests, plots and report.html."""
-    from mathrl.report import build_report, print_report
+    """Compare evaluations: accuracy with 95% intervals, McNemar tests, plots and report.html."""
+    from mathrl.report import build_report
+    from mathrl.report_console import print_report
 
-    print_report(build_report(run_dirs, output_dir, metric=metric, n_resamples=bootstrap, seed=seed))
+    res = build_report(run_dirs, output_dir, metric=metric, n_resamples=bootstrap, seed=seed,
+                       flips=[x for x in (flips or "").split(",") if x], flips_n=flips_n)
+    print_report(res)
 
 
 @app.command()

@@ -15,21 +15,31 @@ An experiment file (`configs/experiments/*.yaml`) holds one or more experiments:
             kind: sft               # sft | grpo | ppo
             from: base              # base (default) | an earlier stage (its output is the model) | a model id
             stage: full             # any other key: a setting of that kind (`mathrl sft --help`, ...)
-        eval:                       # a grid: models × tasks × formats × chat_template × shots
+        seeds: [0, 1, 2]            # optional: every training stage once per seed (sft → sft-s0, sft-s1, sft-s2)
+        eval:                       # a grid (or a list of grids): models × tasks × formats × chat_template × shots × variants
           models: [base, sft-full]  # base | a stage name | {label: model id or path}
           tasks: [gsm8k, "arithmetic:1-2", {task: jsonl, label: mine, task_args: {path: mine.jsonl}}]
           suite: generalisation     # adds the suite's tasks (each in its suite format unless formats is set)
           formats: [tags]           # default: the format in defaults
           chat_template: [true, false]
           shots: [0, 3]
+          variants:                 # optional: named overlays of eval settings, one more grid axis
+            instruction: {}         #   (e.g. prompts with and without the format's instruction)
+            plain: {system_prompt: ""}
           limit: 500                # any other key: a fixed eval setting (`mathrl eval --help`)
+
+With `seeds`, a training stage `sft` runs once per seed as `sft-s<seed>` with `seed: <seed>` (the
+training seed: initialisation of new weights, data order, RL sampling; the training subset stays the
+same, so replicas differ by training randomness only); `from: sft` in a replicated stage means the
+same seed's replica, and `sft` in eval.models means every replica. Base models are evaluated once.
+The report gives each replicated number's mean and spread across seeds and pools the paired tests.
 
 A flat default goes to every stage whose settings have that name (`temperature` would reach both
 eval and GRPO: put kind-specific values under `defaults.<kind>`). A task entry without a config
 inherits the defaults' `task_config`/`task_args` only when it names the defaults' task, so an
 out-of-domain task never gets the in-domain task's config.
 
-Eval stages are named `eval/<model>/<task>-<format>-<chat|raw>-<k>shot` (`<task>` is
+Eval stages are named `eval/<model>/<task>-<format>-<chat|raw>-<k>shot[-<variant>]` (`<task>` is
 `task.config` when a config is given). The cache key of a stage is the sha256 of its kind, its
 settings (eval: `EvalConfig.identity()`, the settings that change the numbers; training: every
 setting except output_dir, resume, report_to) and the keys of the stages it depends on; a
@@ -42,6 +52,7 @@ import dataclasses
 import difflib
 import hashlib
 import importlib
+import itertools
 import json
 import re
 from dataclasses import dataclass, field
@@ -110,6 +121,8 @@ class Stage:
     unavailable: str | None = None
     key: str = ""
     budget_share: float | None = None  # training stages under a budget: their share of the training time
+    replica_of: str | None = None  # with `seeds`: the stage name in the file this stage replicates
+    seed: int | None = None  # with `seeds`: the training seed of this replica (evals: of the model evaluated)
 
 
 def build_config(kind: str, settings: dict[str, Any], source: str) -> Any:
@@ -155,8 +168,8 @@ def expand(name: str, spec: Any, runs_dir: Path, source: str) -> list[Stage]:
     spec = _mapping(spec, f"{source}: experiment {name!r}")
     where = f"{source}: experiments.{name}"
     for key in spec:
-        if key not in ("description", "defaults", "stages", "eval", "budget"):
-            raise MathrlError(f"{where}: unknown key {key!r} (expected defaults, stages, eval, budget, description)")
+        if key not in ("description", "defaults", "stages", "eval", "budget", "seeds"):
+            raise MathrlError(f"{where}: unknown key {key!r} (expected defaults, stages, eval, budget, seeds, description)")
     defaults = _mapping(spec.get("defaults"), f"{where}.defaults")
     per_kind = {k: _mapping(defaults.pop(k), f"{where}.defaults.{k}") for k in list(defaults) if k in KINDS}
     known = {k: setting_names(k) for k in KINDS}
@@ -167,11 +180,14 @@ def expand(name: str, spec: Any, runs_dir: Path, source: str) -> list[Stage]:
     exp_dir = runs_dir / name
     trained: dict[str, Stage] = {}
     stage_specs = _mapping(spec.get("stages"), f"{where}.stages")
-    for sname, sspec in stage_specs.items():
+    for sname in stage_specs:
         _check_name(sname, f"{where}.stages: stage")
+    stage_specs, replicas = _replicate(stage_specs, spec.get("seeds"), where)
+    for sname, sspec in stage_specs.items():
         swhere = f"{where}.stages.{sname}"
         sspec = _mapping(sspec, swhere)
         kind, src = sspec.pop("kind", None), sspec.pop("from", None)
+        replica_of, seed = sspec.pop("_replica_of", None), sspec.pop("_seed", None)
         share = sspec.pop("budget_share", None)
         if share is not None and (isinstance(share, bool) or not isinstance(share, (int, float)) or share <= 0):
             raise MathrlError(f"{swhere}: budget_share must be a positive number, got {share!r}")
@@ -181,7 +197,8 @@ def expand(name: str, spec: Any, runs_dir: Path, source: str) -> list[Stage]:
             if owned in sspec:
                 raise MathrlError(f"{swhere}: {owned!r} is set by the runner (runs/<experiment>/<stage>/)")
         settings = shared(kind) | sspec
-        stage = Stage(sname, kind, exp_dir / sname, settings, method=kind, model_label=sname, budget_share=share)
+        stage = Stage(sname, kind, exp_dir / sname, settings, method=kind, model_label=sname, budget_share=share,
+                      replica_of=replica_of, seed=seed)
         if src in trained:
             settings["model"] = str(trained[src].out)
             stage.deps = [src]
@@ -206,9 +223,11 @@ def expand(name: str, spec: Any, runs_dir: Path, source: str) -> list[Stage]:
                 close = difflib.get_close_matches(key, everything, n=1)
                 raise MathrlError(f"{where}.defaults: no stage here has a setting {key!r}"
                                   + (f" (did you mean {close[0]!r}?)" if close else ""))
-    evals = []  # no eval section: no evaluations
-    if "eval" in spec:
-        evals = _eval_stages(_mapping(spec["eval"], f"{where}.eval"), shared("eval"), trained, exp_dir, f"{where}.eval")
+    evals = []  # no eval section: no evaluations; a list of grids: their union (e.g. prompt variants for base only)
+    grids = spec.get("eval")
+    for i, grid in enumerate(_as_list(grids) if grids is not None else []):
+        gwhere = f"{where}.eval" + (f"[{i}]" if isinstance(grids, list) else "")
+        evals += _eval_stages(_mapping(grid, gwhere), shared("eval"), trained, exp_dir, gwhere, replicas)
     ordered = [s for s in evals if not s.deps]
     for sname, stage in trained.items():
         ordered += [stage] + [s for s in evals if s.deps == [sname]]
@@ -219,6 +238,27 @@ def expand(name: str, spec: Any, runs_dir: Path, source: str) -> list[Stage]:
         by_name[stage.name] = stage
         _finish(stage, by_name, source)
     return ordered
+
+
+def _replicate(specs: dict[str, Any], seeds: Any, where: str) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """`seeds: [0, 1, 2]` → every training stage once per seed, seed-major (all of seed 0 first, so one
+    complete replica arrives earliest), and stage name → its replicas' names (itself without seeds)."""
+    if seeds is None:
+        return specs, {name: [name] for name in specs}
+    seeds = _as_list(seeds)
+    if not seeds or any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in seeds) or len(set(seeds)) < len(seeds):
+        raise MathrlError(f"{where}.seeds: expected a list of distinct non-negative integers, got {seeds!r}")
+    out: dict[str, Any] = {}
+    for seed in seeds:
+        for name, spec in specs.items():
+            spec = _mapping(spec, f"{where}.stages.{name}")
+            if "seed" in spec:
+                raise MathrlError(f"{where}.stages.{name}: sets seed, but the experiment's seeds axis sets it for every stage")
+            src = spec.get("from")
+            if isinstance(src, str) and src in specs:
+                spec["from"] = f"{src}-s{seed}"
+            out[f"{name}-s{seed}"] = spec | {"seed": seed, "_replica_of": name, "_seed": seed}
+    return out, {name: [f"{name}-s{seed}" for seed in seeds] for name in specs}
 
 
 def _task_entries(tasks: Any, shared: dict[str, Any], where: str) -> list[dict[str, Any]]:
@@ -240,9 +280,30 @@ def _task_entries(tasks: Any, shared: dict[str, Any], where: str) -> list[dict[s
     return entries
 
 
+def _variants(value: Any, where: str) -> dict[str, dict[str, Any]]:
+    """`variants: {name: {setting: value}}` → name → overlay; none: one unnamed variant."""
+    if value is None:
+        return {"": {}}
+    value = _mapping(value, f"{where}.variants")
+    if not value:
+        raise MathrlError(f"{where}.variants: name at least one variant")
+    out = {}
+    for name, overlay in value.items():
+        _check_name(name, f"{where}.variants: variant")
+        overlay = _mapping(overlay, f"{where}.variants.{name}")
+        for key in ("output_dir", "overwrite", "model", "task", "task_config", "format", "chat_template", "shots"):
+            if key in overlay:
+                raise MathrlError(f"{where}.variants.{name}: {key!r} is a grid axis or set by the runner; "
+                                  "a variant changes other eval settings")
+        out[name] = overlay
+    return out
+
+
 def _eval_stages(ev: dict[str, Any], shared: dict[str, Any], trained: dict[str, Stage], exp_dir: Path,
-                 where: str) -> list[Stage]:
+                 where: str, replicas: dict[str, list[str]] | None = None) -> list[Stage]:
+    replicas = replicas or {}
     axes = {k: ev.pop(k) for k in ("models", "tasks", "formats", "chat_template", "shots") if k in ev}
+    variants = _variants(ev.pop("variants", None), where)
     if "suite" in ev:  # a suite adds its tasks to the grid, each with the suite's format unless formats is set
         from mathrl.suite import resolve
 
@@ -251,7 +312,8 @@ def _eval_stages(ev: dict[str, Any], shared: dict[str, Any], trained: dict[str, 
         axes["tasks"] = _as_list(axes.get("tasks", [])) + [
             {"task": e.task, "task_config": e.config, "suite_format": e.resolved_format()} for e in entries]
     fixed = shared | ev  # what is left in the eval section: fixed settings for every cell
-    models = _as_list(axes.get("models", ["base"]))
+    models = [r for m in _as_list(axes.get("models", ["base"]))
+              for r in (replicas.get(m, [m]) if isinstance(m, str) else [m])]
     formats_ = _as_list(axes.get("formats", fixed.get("format", "gsm8k")))
     chats = _as_list(axes.get("chat_template", fixed.get("chat_template", True)))
     shots = _as_list(axes.get("shots", fixed.get("shots", 0)))
@@ -277,16 +339,17 @@ def _eval_stages(ev: dict[str, Any], shared: dict[str, Any], trained: dict[str, 
             task_label = task.pop("label", None) or task["task"] + (f".{conf}" if conf else "")
             suite_format = task.pop("suite_format", None)
             for fmt in [suite_format] if suite_format and "formats" not in axes else formats_:
-                for chat in chats:
-                    for k in shots:
-                        setting = f"{task_label}-{fmt}-{'chat' if chat else 'raw'}-{k}shot"
-                        d = exp_dir / "eval" / label / setting
-                        settings = fixed | task | {"format": fmt, "chat_template": chat, "shots": k, "output_dir": str(d)}
-                        if model is not None:
-                            settings["model"] = model
-                        out.append(Stage(f"eval/{label}/{setting}", "eval", d, settings, deps, method, label, {
-                            "task": task["task"], "task_config": task["task_config"], "format": fmt,
-                            "chat_template": chat, "shots": k, "setting": setting}))
+                for chat, k, (variant, overlay) in itertools.product(chats, shots, variants.items()):
+                    setting = f"{task_label}-{fmt}-{'chat' if chat else 'raw'}-{k}shot" + (f"-{variant}" if variant else "")
+                    d = exp_dir / "eval" / label / setting
+                    settings = fixed | overlay | task | {"format": fmt, "chat_template": chat, "shots": k, "output_dir": str(d)}
+                    if model is not None:
+                        settings["model"] = model
+                    src = trained.get(label)
+                    out.append(Stage(f"eval/{label}/{setting}", "eval", d, settings, deps, method, label, {
+                        "task": task["task"], "task_config": task["task_config"], "format": fmt,
+                        "chat_template": chat, "shots": k, "variant": variant or None, "setting": setting},
+                        replica_of=src.replica_of if src else None, seed=src.seed if src else None))
     return out
 
 

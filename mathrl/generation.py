@@ -112,6 +112,18 @@ def _new_cache(model: Any) -> Any:
     return DynamicCache(config=unwrap_causal_lm(model).config)
 
 
+def group_rows(prompt_ids: Any, prompt_mask: Any) -> tuple[Any, Any]:
+    """(index of one representative row per distinct prompt, representative index for every row): the
+    grouping behind every shared-prompt pass (generation here, log-probs in train/fast_grpo)."""
+    import torch
+
+    keyed = torch.cat([prompt_ids, prompt_mask.to(prompt_ids.dtype)], dim=1)
+    uniq, inverse = torch.unique(keyed, dim=0, return_inverse=True)
+    first = torch.full((uniq.size(0),), keyed.size(0), dtype=torch.long, device=keyed.device)
+    first.scatter_reduce_(0, inverse, torch.arange(keyed.size(0), device=keyed.device), reduce="amin")
+    return first, inverse
+
+
 def sample_shared_prompts(model: Any, tokenizer: Any, prompt_ids: list[list[int]], settings: DecodingSettings,
                           segment_tokens: int = 16) -> list[Completion]:
     """One completion per row for batches whose prompts repeat (GRPO groups, PPO rollouts).
@@ -121,7 +133,6 @@ def sample_shared_prompts(model: Any, tokenizer: Any, prompt_ids: list[list[int]
     the token that completes a stop string; `text` is that completion as evaluation grades it."""
     import torch
 
-    from mathrl.train.fast_grpo import group_rows
 
     eos_ids = decoding.eos_token_ids(tokenizer, model)
     pad = decoding.pad_token_id(tokenizer, eos_ids)

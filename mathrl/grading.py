@@ -35,11 +35,9 @@ from fractions import Fraction
 from typing import Iterator
 
 from mathrl.errors import MathrlError
+from mathrl.grading_base import MAX_DIGITS, TEXT_COMMAND, text_key  # noqa: F401 - part of this module's API
 
 ANSWER_TYPES = ("number", "math", "text")
-# Numbers longer than this are not parsed: they are never right answers and Decimal/Fraction work
-# on them grows with their length (a model can emit thousands of digits).
-MAX_DIGITS = 64
 # Half a unit of the 6th decimal: the rounding `format_number` applies to non-integers, so an
 # extracted "0.333333" still matches a gold of 1/3. Absolute, so a large gold gets no slack.
 DECIMAL_TOL = Fraction(1, 2 * 10**6)
@@ -285,15 +283,6 @@ def numbers_equal(pred: Fraction, gold: Fraction) -> bool:
     return gold.denominator != 1 and abs(pred - gold) <= DECIMAL_TOL
 
 
-TEXT_COMMAND = re.compile(r"\\(?:text|textbf|textit|mathrm|mbox)\s*\{([^{}]*)\}")
-
-
-def text_key(text: str) -> str:
-    """A phrase reduced for comparison: \\text{} unwrapped, lower case, punctuation and extra spaces gone."""
-    text = TEXT_COMMAND.sub(r"\1", text).lower()
-    return " ".join(re.sub(r"[^\w\s]|_", " ", text).split())
-
-
 def answers_match(pred: str | None, gold: str | None, answer_type: str = "number") -> bool:
     """Is the prediction the gold answer? See the module docstring for each answer type's rule.
 
@@ -311,6 +300,10 @@ def answers_match(pred: str | None, gold: str | None, answer_type: str = "number
         if g is not None:
             p = parse_number(pred)
             return p is not None and numbers_equal(p, g)
-    from mathrl.grading_math import math_equal  # imported here: grading_math builds on this module
+    from mathrl import grading_math  # imported when first needed: most golds are numbers
 
-    return math_equal(pred, gold)
+    p, g = grading_math.clean(pred), grading_math.clean(gold)
+    pv, gv = plain_value(p), plain_value(g)
+    if pv is not None and gv is not None:  # two plain numbers, once the display-only LaTeX is gone
+        return numbers_equal(pv, gv)
+    return grading_math.math_equal(pred, gold)

@@ -1,8 +1,9 @@
 """MATH-style answers: LaTeX compared by meaning, safely from any thread or worker process.
 
-`math_equal(pred, gold)` cleans both answers (spacing commands, ``\\left``/``\\right``, degrees,
-percent and dollar signs, a trailing ``\\text{ units}``), then decides in this order:
-identical text; both plain numbers (`grading.numbers_equal`); multiple-choice letters
+`grading.answers_match(pred, gold, "math")` compares two plain numbers as numbers
+(`grading.numbers_equal`) and hands anything else to `math_equal(pred, gold)`, which cleans both
+answers (spacing commands, ``\\left``/``\\right``, degrees, percent and dollar signs, a trailing
+``\\text{ units}``), then decides in this order: identical text; multiple-choice letters
 (``\\text{(C)}``, ``(C)``, ``C``); words (``\\text{Evelyn}``); base-n numerals (``1011_2``, compared as
 written); otherwise Math-Verify (fractions, radicals, intervals, tuples, sets, matrices, equations).
 
@@ -33,7 +34,7 @@ import threading
 import time
 from pathlib import Path
 
-from mathrl import grading
+from mathrl.grading_base import MAX_DIGITS, TEXT_COMMAND, text_key
 
 TIMEOUT_S = 3.0  # per comparison (both parses and the verify); the answer is False past it
 STARTUP_TIMEOUT_S = 60.0  # importing sympy on a busy machine takes seconds
@@ -55,7 +56,7 @@ _BASE_N = re.compile(r"^[0-9A-Z]+_\{?\d+\}?$")
 _SUBSCRIPT = re.compile(r"_\{(\w+)\}")
 # Size guards: sympy would compute 10^{10^{10}}, 9^9^9, (10^5)! or a 6-digit exponent before comparing.
 # Only numeric towers: e^{x^2} or x^2y^3 are cheap symbols.
-_TOWER = re.compile(r"\^\s*\{[^{}]*\d\s*\^|\^\s*\(?\s*[\d.]+\s*\)?\s*\^|\^\s*\{?\s*[-+]?\d{6,}|\d{" + str(grading.MAX_DIGITS) + ",}")
+_TOWER = re.compile(r"\^\s*\{[^{}]*\d\s*\^|\^\s*\(?\s*[\d.]+\s*\)?\s*\^|\^\s*\{?\s*[-+]?\d{6,}|\d{" + str(MAX_DIGITS) + ",}")
 _FACTORIAL = re.compile(r"!\s*!|(?<!\d)!|\d{4,}\s*!")
 
 
@@ -72,14 +73,14 @@ def clean(text: str) -> str:
 
 def _choice(text: str) -> str | None:
     """The letter of a multiple-choice answer: \\text{(C)}, \\mathrm{(C)}, (C) or C; else None."""
-    m = _CHOICE.match("".join(grading.TEXT_COMMAND.sub(r"\1", text).split()))
+    m = _CHOICE.match("".join(TEXT_COMMAND.sub(r"\1", text).split()))
     return (m.group(1) or m.group(2)).upper() if m else None
 
 
 def _words(text: str) -> str | None:
     """The phrase, when the answer is words (\\text{Evelyn}, or 3+ letters of plain text), else None."""
-    if grading.TEXT_COMMAND.fullmatch(text) or (_WORDS.match(text) and sum(c.isalpha() for c in text) >= 3):
-        key = grading.text_key(text)
+    if TEXT_COMMAND.fullmatch(text) or (_WORDS.match(text) and sum(c.isalpha() for c in text) >= 3):
+        key = text_key(text)
         return key if re.search(r"[a-z]{2}", key) else None
     return None
 
@@ -96,9 +97,6 @@ def math_equal(pred: str, gold: str) -> bool:
             return False
         if "".join(p.split()) == "".join(g.split()):
             return True
-        pv, gv = grading.plain_value(p), grading.plain_value(g)
-        if pv is not None and gv is not None:
-            return grading.numbers_equal(pv, gv)
         for kind in (_choice, _words):
             pk, gk = kind(p), kind(g)
             if pk is not None or gk is not None:

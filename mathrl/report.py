@@ -25,9 +25,9 @@ from mathrl.files import atomic_write_csv, atomic_write_json, atomic_write_text,
 METRICS = ("strict", "flexible")
 METHODS = ("base", "sft", "grpo", "ppo")  # display order; anything else sorts after
 MANIFESTS = ("stages.json", "experiment.json")
-COMPARISON_COLUMNS = ("label", "model", "method", "task", "format", "chat_template", "shots", "setting", "n",
+COMPARISON_COLUMNS = ("label", "model", "group", "seed", "method", "task", "format", "chat_template", "shots", "setting", "n",
                       "accuracy_strict", "ci_low_strict", "ci_high_strict", "accuracy_flexible", "ci_low_flexible",
-                      "ci_high_flexible", "thinking_proportion", "answer_proportion", "mean_tokens",
+                      "ci_high_flexible", "interval", "thinking_proportion", "answer_proportion", "mean_tokens",
                       "truncated_proportion", "tokens_per_second", "path")
 PAIRED_COLUMNS = ("task", "eval_a", "eval_b", "varies", "n_shared", "metric", "accuracy_a", "accuracy_b", "diff_b_minus_a",
                   "diff_ci_low", "diff_ci_high", "p_value", "a_right_b_wrong", "a_wrong_b_right")
@@ -38,10 +38,13 @@ class EvalRun:
     label: str
     path: Path
     summary: dict[str, Any]
-    rows: dict[str, dict[str, Any]]  # question id -> first sample
+    rows: dict[str, dict[str, Any]]  # question id -> first sample (what paired tests compare)
+    samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # question id -> every sample
     model: str = ""
     method: str = "unknown"
     setting: str = ""
+    replica_of: str | None = None  # with an experiment's seeds axis: the stage this model's stage replicates
+    seed: int | None = None
 
     @property
     def task(self) -> str:
@@ -112,7 +115,10 @@ def load_eval(path: Path, label: str) -> EvalRun:
     # load_partial_jsonl tolerates a torn last line of a killed run, but repairs the file in place;
     # a report must never write into an evaluation, so read strictly (errors name file and line)
     rows = [r for _, r in iter_jsonl(path / "results.jsonl")]
-    return EvalRun(label, path, summary, stats.first_sample_by_id(rows))
+    samples: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        samples.setdefault(str(r.get("id")), []).append(r)
+    return EvalRun(label, path, summary, stats.first_sample_by_id(rows), samples)
 
 
 def load_train(path: Path, label: str) -> TrainRun:
@@ -222,6 +228,7 @@ def _describe(ev: EvalRun, trains: list[TrainRun], manifest: dict[str, dict[str,
     p = ev.protocol
     default = f"{p.get('format', '?')} · {'chat' if p.get('chat_template', True) else 'no chat'} · {p.get('shots', 0)}-shot"
     ev.setting = str(stage.get("setting") or default)
+    ev.replica_of, ev.seed = stage.get("replica_of"), stage.get("seed")
 
 
 def _training_dir(info: dict[str, Any], trains: list[TrainRun]) -> TrainRun | None:
@@ -235,18 +242,21 @@ def _training_dir(info: dict[str, Any], trains: list[TrainRun]) -> TrainRun | No
 # ---------------------------------------------------------------- tables
 
 def comparison_rows(evals: list[EvalRun], n_resamples: int, seed: int) -> list[dict[str, Any]]:
-    """One row per evaluation; accuracy and its bootstrap interval over the first sample per question."""
+    """One row per evaluation: accuracy over every completion with `stats.accuracy_interval` — the same
+    number and 95% interval as the evaluation's summary.json and the runner's table (Wilson for one
+    completion per question, a question-cluster normal interval for several; named in `interval`)."""
     out = []
     for ev in evals:
         p, s = ev.protocol, ev.summary
-        row: dict[str, Any] = {"label": ev.label, "model": ev.model, "method": ev.method, "task": ev.task,
+        row: dict[str, Any] = {"label": ev.label, "model": ev.model, "group": ev.replica_of or ev.model,
+                               "seed": ev.seed, "method": ev.method, "task": ev.task,
                                "format": p.get("format"), "chat_template": p.get("chat_template"),
                                "shots": p.get("shots", 0), "setting": ev.setting, "n": len(ev.rows)}
         for metric in METRICS:
-            v = ev.verdicts(metric)
-            low, high = stats.bootstrap_ci(v, n_resamples, seed=seed)
-            row |= {f"accuracy_{metric}": round(sum(v) / len(v), 4) if v else 0.0,
-                    f"ci_low_{metric}": round(low, 4), f"ci_high_{metric}": round(high, 4)}
+            acc, (low, high), name = stats.accuracy_interval(
+                [[bool(r.get(f"correct_{metric}")) for r in g] for g in (ev.samples or {q: [r] for q, r in ev.rows.items()}).values()])
+            row |= {f"accuracy_{metric}": round(acc, 4), f"ci_low_{metric}": round(low, 4),
+                    f"ci_high_{metric}": round(high, 4), "interval": name}
         row |= {"thinking_proportion": s.get("thinking_proportion"), "answer_proportion": s.get("answer_proportion"),
                 "mean_tokens": s.get("mean_tokens"), "truncated_proportion": s.get("truncated_proportion"),
                 "tokens_per_second": s.get("generation", {}).get("tokens_per_second"), "path": str(ev.path)}
@@ -306,11 +316,12 @@ def _sort_key(ev: EvalRun) -> tuple:
 # ---------------------------------------------------------------- the report
 
 def build_report(run_dirs: list[Path], output_dir: Path, metric: str = "strict", n_resamples: int = 2000,
-                 seed: int = 0, max_questions: int = 1000) -> dict[str, Any]:
+                 seed: int = 0, max_questions: int = 1000, flips: list[str] | None = None,
+                 flips_n: int = 5) -> dict[str, Any]:
     """Discover runs under `run_dirs`, write every report file into `output_dir`, return the tables
     and the paths written. `metric` (strict|flexible) drives the plots and paired tests; the
     comparison table always has both."""
-    from mathrl import report_html, report_plots
+    from mathrl import report_html, report_plots, report_seeds
 
     if metric not in METRICS:
         raise MathrlError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
@@ -328,59 +339,23 @@ def build_report(run_dirs: list[Path], output_dir: Path, metric: str = "strict",
     comparison = comparison_rows(evals, n_resamples, seed)
     paired = paired_rows(evals, metric, n_resamples, seed)
     training = training_rows(trains)
-    files = {name: str(_write_csv(out / name, rows, cols)) for name, rows, cols in
-             (("comparison.csv", comparison, COMPARISON_COLUMNS), ("paired.csv", paired, PAIRED_COLUMNS))}
+    seeds, pooled = report_seeds.seed_rows(comparison), report_seeds.pooled_rows(evals, metric)
+    tables = [("comparison.csv", comparison, COMPARISON_COLUMNS), ("paired.csv", paired, PAIRED_COLUMNS)]
+    if seeds:  # only experiments with a seeds axis have these
+        tables += [("seeds.csv", seeds, report_seeds.SEED_COLUMNS), ("pooled.csv", pooled, report_seeds.POOLED_COLUMNS)]
+    files = {name: str(_write_csv(out / name, rows, cols)) for name, rows, cols in tables}
     plots = report_plots.write_all(out, comparison, trains, metric)
     files |= {p.name: str(p) for p in plots.values() if p is not None}
     data = {"metric": metric, "bootstrap": {"resamples": n_resamples, "confidence": 0.95, "seed": seed},
-            "run_dirs": [str(d) for d in run_dirs], "comparison": comparison, "paired": paired, "training": training}
+            "run_dirs": [str(d) for d in run_dirs], "comparison": comparison, "paired": paired, "training": training,
+            "seeds": seeds, "pooled": pooled}
     atomic_write_json(out / "report.json", data)
     files["report.json"] = str(out / "report.json")
+    if flips:
+        from mathrl import report_flips
+
+        atomic_write_text(out / "flips.md", report_flips.to_markdown(report_flips.flips(evals, flips, metric, flips_n)))
+        files["flips.md"] = str(out / "flips.md")
     html_path = report_html.write_html(out / "report.html", data, evals, plots, max_questions)
     files["report.html"] = str(html_path)
     return data | {"files": files, "html": str(html_path), "output_dir": str(out)}
-
-
-def print_report(res: dict[str, Any], max_pairs: int = 20) -> None:
-    """What `mathrl report` (and `mathrl run` after it) show: the table, the paired tests, the path."""
-    from rich.console import Console
-
-    if res["comparison"]:
-        print_comparison(res["comparison"], res["metric"])
-    from mathrl.stats import one_factor_pairs
-
-    pairs = one_factor_pairs(res["paired"])
-    console = Console(highlight=False)
-    for p in pairs[:max_pairs]:
-        console.print(f"{p['eval_b']} vs {p['eval_a']} ({p['n_shared']} questions, {res['metric']}): "
-                      f"{p['diff_b_minus_a'] * 100:+.1f} points [{p['diff_ci_low'] * 100:+.1f}, {p['diff_ci_high'] * 100:+.1f}], "
-                      f"only A right {p['a_right_b_wrong']}, only B right {p['a_wrong_b_right']}, "
-                      f"McNemar p = {p['p_value']:.3g}")
-    if len(res["paired"]) > min(len(pairs), max_pairs):
-        console.print(f"(all {len(res['paired'])} paired comparisons: {res['files']['paired.csv']})")
-    console.print(f"report: {res['html']}")
-
-
-def print_comparison(comparison: list[dict[str, Any]], metric: str = "strict", title: str = "Accuracy") -> None:
-    """The comparison table on the console (rich), primary metric first. Names fold rather than
-    being cut with '…' on a narrow terminal: a label is what you type next."""
-    from rich.console import Console
-    from rich.table import Table
-
-    tasks = list(dict.fromkeys(r["task"] for r in comparison))
-    one_task = len(tasks) == 1
-    table = Table(title=f"{title}{' on ' + tasks[0] if one_task else ''} (95% bootstrap intervals)")
-    other = "flexible" if metric == "strict" else "strict"
-    names = ("eval", "model", "method") + (() if one_task else ("task",)) + ("setting",)
-    for col in names:
-        table.add_column(col, overflow="fold")
-    for col in ("n", metric, other):
-        table.add_column(col, justify="right")
-
-    def acc(r: dict[str, Any], m: str) -> str:
-        return f"{r[f'accuracy_{m}']:.1%} [{r[f'ci_low_{m}']:.1%}, {r[f'ci_high_{m}']:.1%}]"
-
-    for r in comparison:
-        cells = [r["label"], str(r["model"]), str(r["method"])] + ([] if one_task else [r["task"]])
-        table.add_row(*cells, str(r["setting"]), str(r["n"]), acc(r, metric), acc(r, other))
-    Console().print(table)

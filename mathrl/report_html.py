@@ -168,12 +168,37 @@ def drilldown_section(sec: str, task: str, evals: list[Any], metric: str, max_qu
     return f"<h3>{escape(task)}</h3>{note}{controls}{table}"
 
 
+def seeds_section(seeds: list[dict[str, Any]], pooled: list[dict[str, Any]]) -> str:
+    """Mean and spread across training seeds, and seed-matched pooled McNemar tests (report_seeds)."""
+    if not seeds:
+        return ""
+    rows = [[_td(escape(str(r["model"]))), _td(escape(r["task"])), _td(escape(str(r["setting"]))),
+             _td(", ".join(str(s) for s in r["seeds"]), "num"), _td(_pct(r["mean_strict"]), "num"),
+             _td("" if r["sd_strict"] is None else f"{r['sd_strict'] * 100:.1f} pts", "num"),
+             _td(f"{_pct(r['min_strict'])} – {_pct(r['max_strict'])}", "num"),
+             _td(" / ".join(_pct(a) for a in r["per_seed_strict"]), "num")] for r in seeds]
+    table = _table(["model", "task", "setting", "seeds", "mean strict", "sd", "range", "per seed"], rows)
+    prow = [[_td(escape(r["task"])), _td(escape(r["a"])), _td(escape(r["b"])), _td(escape(r["varies"])),
+             _td(escape(", ".join(r["seed_pairs"]))), _td(f"{r['mean_diff'] * 100:+.1f} pts", "num"),
+             _td("" if r["sd_diff"] is None else f"{r['sd_diff'] * 100:.1f} pts", "num"),
+             _td(str(r["a_right_b_wrong"]), "num"), _td(str(r["a_wrong_b_right"]), "num"),
+             _td(f"{r['p_value']:.3g}", "num" + (" sig" if r["p_value"] < 0.05 else ""))] for r in pooled]
+    ptable = _table(["task", "A", "B", "differ in", "seed pairs (A/B)", "mean B − A", "sd of B − A", "A right, B wrong",
+                     "A wrong, B right", "pooled McNemar p"], prow, "paired") if pooled else ""
+    return f"""<h2>Across training seeds</h2>
+<p>Each replicated model trained once per seed: the mean and sample standard deviation of its accuracy
+across seeds (training randomness), beside the per-run intervals above (question sampling only).
+Pooled tests sum the discordant questions of seed-matched pairs (an untrained model pairs with every
+replica) and apply McNemar's exact test.</p>
+{table}{ptable}"""
+
+
 def render(data: dict[str, Any], evals: list[Any], plots: dict[str, Path], max_questions: int) -> str:
     metric = data["metric"]
     boot = data["bootstrap"]
     when = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     meta = (f"generated {when} from {escape(', '.join(data['run_dirs']))} · primary metric: <b>{escape(metric)}</b> · "
-            f"intervals: percentile bootstrap, {boot['resamples']} resamples, seed {boot['seed']}")
+            f"paired differences: percentile bootstrap, {boot['resamples']} resamples, seed {boot['seed']}")
     plot_html = "".join(_img(plots[k], k) for k in ("accuracy_bar", "accuracy_grouped", "eval_template_scatter") if k in plots)
     tasks = list(dict.fromkeys(ev.task for ev in evals))
     drill = "".join(drilldown_section(f"dd{i}", t, [ev for ev in evals if ev.task == t], metric, max_questions)
@@ -186,13 +211,16 @@ def render(data: dict[str, Any], evals: list[Any], plots: dict[str, Path], max_q
 <p class="meta">{meta}</p>
 <h2>Summary</h2>
 <p>Accuracy over the first sample of each question; strict reads the format's answer marker, flexible the
-last number. Brackets: 95% percentile bootstrap intervals.</p>
+last number. Brackets: 95% intervals from <code>stats.accuracy_interval</code>, the same as each
+evaluation's summary.json (Wilson with one completion per question; with several, a normal interval
+over questions, whose samples are correlated).</p>
 {summary_table(data['comparison'], metric)}
 <h2>Paired comparisons ({escape(metric)})</h2>
 <p>Each pair of evaluations on the same task, over the questions both answered. McNemar's exact test
 asks whether the questions only A got right and those only B got right are too unbalanced to be a fair
 coin's doing; p &lt; 0.05 is in red. The interval is a paired bootstrap of the accuracy difference.</p>
 {paired_table(data['paired'], metric)}
+{seeds_section(data.get('seeds', []), data.get('pooled', []))}
 <h2>Plots</h2>
 {plot_html or '<p>No evaluations to plot.</p>'}
 {training_section(data['training'], plots)}

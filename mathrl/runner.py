@@ -190,7 +190,7 @@ def write_manifest(experiment: str, stages: list[Stage], states: dict[str, str],
             "kind": st.kind, "method": st.method, "model": st.model_label, "eval": st.eval_setting,
             "setting": (st.eval_setting or {}).get("setting"),
             "output_dir": str(st.out.relative_to(exp_dir)), "depends_on": st.deps, "status": states[st.name],
-            "key": st.key,
+            "key": st.key, "replica_of": st.replica_of, "seed": st.seed,
         }
     atomic_write_json(exp_dir / "experiment.json",
                       {"experiment": experiment, "file": source, "updated": _now(), "stages": entries})
@@ -284,7 +284,11 @@ def make_report(exp_dir: Path, console: Any) -> bool:
         console.print(f"[yellow]note: no report: mathrl.report is not available here ({e})[/yellow]")
         return True
     try:
-        build_report([exp_dir], exp_dir / "report", metric="strict")
+        res = build_report([exp_dir], exp_dir / "report", metric="strict")
+        if res.get("seeds"):  # the accuracy table shows each replica; the spread across seeds is said here
+            from mathrl.report_console import print_seeds
+
+            print_seeds(res, console)
     except Exception as e:  # noqa: BLE001 - a report failure must not hide the finished stages
         console.print(f"[red]report failed: {_one_line(e)}[/red]")
         return False

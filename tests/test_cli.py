@@ -215,3 +215,12 @@ def test_parse_helpers():
         parse_json_option("{", "--k")
     with pytest.raises(MathrlError, match="JSON object"):
         parse_json_option("[1]", "--k")
+
+
+def test_chat_answers_several_questions_in_one_call(tiny_model_dir):
+    """`mathrl chat MODEL q1 q2`: each question echoed, answered and graded (the before/after recipe)."""
+    res = invoke("chat", "--model", str(tiny_model_dir), "--max-new-tokens", "4", "--no-chat-template",
+                 "What is 1 + 1?", "What is 2 + 3?")
+    assert res.exit_code == 0, res.output
+    assert "> What is 1 + 1?" in res.output and "> What is 2 + 3?" in res.output
+    assert res.output.count("answer (strict):") == 2

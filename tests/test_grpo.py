@@ -12,8 +12,8 @@ from mathrl import config as cfgmod
 from mathrl.errors import MathrlError
 from mathrl.rewards import REWARDS, register_reward
 from mathrl.decoding import DecodingSettings
-from mathrl.generation import sample_shared_prompts
-from mathrl.train.fast_grpo import FastGRPOTrainer, group_rows
+from mathrl.generation import group_rows, sample_shared_prompts
+from mathrl.train.fast_grpo import FastGRPOTrainer
 from mathrl.train.grpo import GRPORunConfig, build_trainer, check_markers, hacking_alarm, run_grpo
 
 if "distinct_chars" not in REWARDS:
@@ -282,3 +282,13 @@ def test_optimizer_settings_reach_trl(tiny_model_dir, tmp_path):
     """max_grad_norm and weight_decay were once swallowed by a comment in build_trainer (TRL's defaults ran)."""
     trainer, _, _ = build_trainer(make_cfg(tiny_model_dir, tmp_path, max_grad_norm=0.3, weight_decay=0.1))
     assert (trainer.args.max_grad_norm, trainer.args.weight_decay) == (0.3, 0.1)
+
+
+def test_qlora_grpo_needs_cuda_and_says_so_before_loading(tiny_model_dir, tmp_path):
+    """Study 5's GPU recipe (4-bit LoRA GRPO): accepted by the settings, refused on CPU in one line."""
+    cfg = make_cfg(tiny_model_dir, tmp_path, method="qlora")
+    cfg.validate()
+    if torch.cuda.is_available():
+        pytest.skip("has CUDA")
+    with pytest.raises(MathrlError, match="qlora needs a CUDA GPU"):
+        build_trainer(cfg)

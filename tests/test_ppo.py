@@ -214,3 +214,19 @@ def test_bf16_policy_runs_two_steps(tiny_model_dir, tmp_path):
     assert record["global_step"] == 2
     log = [json.loads(x) for x in (tmp_path / "ppo" / "train_log.jsonl").read_text().splitlines()]
     assert len(log) == 2 and all(math.isfinite(r["value_loss"]) for r in log)
+
+
+def test_gpu_sized_rl_defaults_on_cpu_get_a_one_line_budget_note():
+    """PPO's defaults (32 rollouts × 256 tokens × 100 steps) take hours on a 2-core CPU: say so, once."""
+    from mathrl.train.grpo import GRPORunConfig
+    from mathrl.train.rl import cpu_budget_note
+
+    ppo = PPORunConfig()
+    note = cpu_budget_note(ppo.rollouts_per_step(), ppo)
+    assert note is not None and "\n" not in note
+    assert "100 steps × 32 completions × ≤ 256 tokens = up to 819,200" in note and "--max-minutes" in note
+    assert "configs/ppo/arithmetic_cpu.yaml" in note
+    assert cpu_budget_note(ppo.rollouts_per_step(), PPORunConfig(max_minutes=5)) is None
+    assert cpu_budget_note(4, PPORunConfig(prompts_per_step=4, max_steps=10, max_completion_length=96)) is None
+    grpo = GRPORunConfig(max_steps=200)
+    assert "configs/grpo/arithmetic_cpu.yaml" in cpu_budget_note(grpo.completions_per_step(), grpo)

@@ -279,3 +279,37 @@ def test_report_renders_in_headless_chromium(experiment, tmp_path):
     dom = subprocess.run([*flags, "--dump-dom", picked.as_uri()], capture_output=True, text=True, timeout=120, check=True).stdout
     assert "16 question(s) shown" in dom
     assert dom.count('style="display: none;"') == N - 16
+
+
+def test_report_interval_is_the_one_summary_json_uses(tmp_path):
+    """One accuracy-with-interval function (stats.accuracy_interval) for summary.json, the runner's table
+    and the report: the report once gave a bootstrap interval for the number summary.json gave Wilson's."""
+    from mathrl.report import build_report
+
+    d = write_eval(tmp_path / "one", {"name": "m", "kind": "hub"}, [True] * 7 + [False] * 13)
+    (row,) = build_report([d], tmp_path / "r1")["comparison"]
+    assert row["interval"] == "wilson"
+    assert [row["ci_low_strict"], row["ci_high_strict"]] == [round(x, 4) for x in stats.wilson_interval(7, 20)]
+    # two samples per question: accuracy over all completions, interval over questions
+    rows = [json.loads(line) for line in (d / "results.jsonl").read_text().splitlines()]
+    extra = [dict(r, sample_idx=1, correct_strict=not r["correct_strict"]) for r in rows[:10]]
+    (d / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows + extra))
+    (row,) = build_report([d], tmp_path / "r2")["comparison"]
+    acc, ci, name = stats.accuracy_interval([[r["correct_strict"] for r in rows + extra if r["id"] == q["id"]] for q in rows])
+    assert (row["accuracy_strict"], [row["ci_low_strict"], row["ci_high_strict"]], row["interval"]) == (
+        round(acc, 4), [round(x, 4) for x in ci], "question_cluster_normal")
+
+
+def test_flips_show_the_first_questions_whose_verdicts_differ_along_a_chain(tmp_path):
+    from mathrl.report import build_report
+
+    write_eval(tmp_path / "base", {"name": "m", "kind": "hub"}, [False, False, True, False], completion="base says")
+    write_eval(tmp_path / "sft", {"name": "s", "kind": "hub"}, [False, True, True, True], completion="sft says")
+    write_eval(tmp_path / "ppo", {"name": "p", "kind": "hub"}, [False, True, False, True], completion="ppo says")
+    res = build_report([tmp_path], tmp_path / "r", flips=["base", "sft", "ppo"], flips_n=2)
+    text = (tmp_path / "r" / "flips.md").read_text()
+    assert "4 shared questions" in text and "- ✗✓✓: 2" in text and "- ✗✗✗: 1" in text and "- ✓✓✗: 1" in text
+    assert "## q1 " in text and "## q2 " in text and "## q3 " not in text and "## q0 " not in text  # first 2 flips
+    assert text.count("ppo says") == 2 and res["files"]["flips.md"].endswith("flips.md")
+    with pytest.raises(MathrlError, match=r"--flips: no evaluation named 'rl'; use an eval label: base, ppo, sft"):
+        build_report([tmp_path], tmp_path / "r", flips=["base", "rl"])

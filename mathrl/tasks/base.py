@@ -10,7 +10,16 @@ from typing import Any, Callable
 
 from mathrl import grading
 from mathrl.errors import MathrlError
-from mathrl.tasks import answers
+from mathrl.tasks.answers import extract as extract_answer, match as match_answer
+
+
+def split_answer(text: str) -> tuple[str, str | None]:
+    """(worked solution, final answer text) of an answer in the GSM8K convention (`… #### 42`), also
+    how other harnesses write golds."""
+    head, sep, tail = text.rpartition("####")
+    if not sep:
+        return text.strip(), None
+    return head.strip(), tail.strip()
 
 
 @dataclass
@@ -63,8 +72,6 @@ class Task:
     def read_gold(self, value: Any) -> tuple[str, str] | None:
         """(gold, answer type) of a gold answer as another harness wrote it ("#### 1,000", 18.0,
         "\\sqrt{2}"), or None when there is none. Not a plain number: math (math-verify decides)."""
-        from mathrl.tasks.gsm8k import split_answer  # gsm8k imports this module
-
         raw = grading.answer_text(value)
         if not raw:
             return None
@@ -77,10 +84,10 @@ class Task:
 
     def extract(self, fmt: Any, text: str | None, kind: str, answer_type: str | None = None) -> str | None:
         """The `kind` ("strict" or "flexible") prediction in `text`, read as `answer_type`."""
-        return answers.extract(fmt, text, kind, answer_type or self.answer_type)
+        return extract_answer(fmt, text, kind, answer_type or self.answer_type)
 
     def check_answer(self, pred: str | None, gold: str, answer_type: str | None = None) -> bool:
-        return answers.match(pred, gold, answer_type or self.answer_type)
+        return match_answer(pred, gold, answer_type or self.answer_type)
 
     def grade(self, fmt: Any, completion: str, gold: str, answer_type: str | None = None) -> dict[str, Any]:
         """Strict and flexible predictions and verdicts of one completion."""

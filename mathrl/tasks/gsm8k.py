@@ -13,17 +13,9 @@ from pathlib import Path
 from mathrl import grading
 from mathrl.errors import MathrlError
 from mathrl.files import read_records
-from mathrl.tasks.base import Sample, Task, data_dir, load_hub, register
+from mathrl.tasks.base import Sample, Task, data_dir, load_hub, register, split_answer  # noqa: F401 - split_answer: re-exported
 
 HUB_ID = "openai/gsm8k"
-
-
-def split_answer(text: str) -> tuple[str, str | None]:
-    """(worked solution, final answer text) of a GSM8K answer."""
-    head, sep, tail = text.rpartition("####")
-    if not sep:
-        return text.strip(), None
-    return head.strip(), tail.strip()
 
 
 def clean_solution(text: str) -> str:

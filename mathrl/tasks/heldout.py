@@ -31,7 +31,7 @@ from typing import Any
 from mathrl import grading
 from mathrl.errors import MathrlError
 from mathrl.files import read_records
-from mathrl.tasks import answers
+from mathrl.tasks.answers import read_gold
 from mathrl.tasks.base import Sample, Task, data_dir, load_hub, register
 
 MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
@@ -193,7 +193,7 @@ class HeldoutTask(Task):
             # "\\sqrt{2}" must not be read as its first number when the gold is 2
             text = grading.answer_text(value)
             return (text, "math") if text else None
-        return answers.read_gold(value, text=self.spec.text_golds, none=self.spec.no_answer_golds)
+        return read_gold(value, text=self.spec.text_golds, none=self.spec.no_answer_golds)
 
     def load_split(self, split: str) -> list[Sample]:
         samples, self.excluded = [], {}

@@ -184,6 +184,27 @@ def lora_config(r: int, alpha: int, dropout: float, targets: list[str] | str) ->
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM")
 
 
+def load_training_model(cfg: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """(model, tokenizer, model info) for a trainer: 4-bit NF4 weights with bf16 compute for
+    `method: qlora` (CUDA + bitsandbytes, checked before anything loads), else `models.load_model`."""
+    from mathrl import models
+
+    if cfg.method != "qlora":
+        return models.load_model(cfg.model, cfg.weight_dtype())
+    require_qlora()
+    import torch
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    path, kind = models.resolve(cfg.model)
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=quant, dtype=torch.bfloat16)
+    model = prepare_model_for_kbit_training(model)
+    return model, models.load_tokenizer(path), {"name": cfg.model, "kind": kind, "path": path,
+                                                 "revision": models.model_revision(path, kind, model)}
+
+
 def require_qlora() -> None:
     import importlib.util
 

@@ -54,7 +54,7 @@ from trl import GRPOTrainer
 
 from mathrl.errors import MathrlError
 from mathrl.train.fast_grpo import FastGRPOTrainer
-from mathrl.train.grpo import PROMPT_POLICIES
+from mathrl.train.settings import PROMPT_POLICIES
 
 # TRL counts a group as zero-std with torch.isclose(std, 0) (atol 1e-8); the same threshold here.
 ZERO_STD = 1e-8

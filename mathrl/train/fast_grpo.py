@@ -26,23 +26,13 @@ from trl import GRPOTrainer
 
 from mathrl.models import unwrap_causal_lm
 from mathrl.train.saving import weights_sharded
+from mathrl.generation import group_rows
 
 _MULTIMODAL = ("pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes", "num_tiles",
                "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids")
 # Models whose LM head is not a plain projection: leave them to TRL's fused head.
 _SCALED_HEAD = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
 _HEAD_CHUNK = 1024  # positions per LM-head tile: bounds the fp32 (positions x vocab) buffer
-
-
-
-
-def group_rows(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(index of one representative row per distinct prompt, representative index for every row)."""
-    keyed = torch.cat([prompt_ids, prompt_mask.to(prompt_ids.dtype)], dim=1)
-    uniq, inverse = torch.unique(keyed, dim=0, return_inverse=True)
-    first = torch.full((uniq.size(0),), keyed.size(0), dtype=torch.long, device=keyed.device)
-    first.scatter_reduce_(0, inverse, torch.arange(keyed.size(0), device=keyed.device), reduce="amin")
-    return first, inverse
 
 
 def shared_prefix_hidden(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_completion: int) -> torch.Tensor:

@@ -17,13 +17,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from mathrl import formats
-from mathrl.train.rl import check_markers, hacking_alarm, make_alarm_callback, training_prompts  # noqa: F401 - earlier home
-from mathrl.train.settings import HFSettings, RLSettings, opt
+from mathrl.train.rl import check_markers, cpu_budget_note, hacking_alarm, make_alarm_callback, training_prompts  # noqa: F401 - earlier home
+from mathrl.train.settings import PROMPT_POLICIES, HFSettings, RLSettings, opt
 from mathrl.errors import MathrlError
 from mathrl.tasks import Sample, get_task
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
-PROMPT_POLICIES = ("uniform", "pass_rate")  # see mathrl.train.dynamic_sampling
 
 
 @dataclass
@@ -43,6 +42,7 @@ class GRPORunConfig(RLSettings, HFSettings):
                                  "generated and scored, for up to max_refills rounds; the step trains on the refilled "
                                  "batch (same size)")
     max_refills: int = opt(2, "dynamic sampling: replacement rounds per step (0: only measure)")
+    method: str = opt("full", "full | lora | qlora (CUDA + bitsandbytes: 4-bit base weights, LoRA in bf16)")
     prompt_policy: str = opt("uniform", "uniform: replacements drawn uniformly (seeded); pass_rate: a per-prompt record of "
                              "correctness steers the step's prompts and replacements toward prompts neither always nor "
                              "never solved (needs dynamic_sampling and a correctness reward)")
@@ -54,6 +54,7 @@ class GRPORunConfig(RLSettings, HFSettings):
     output_dir: str = opt("runs/grpo", "where the model, log and reward curves go")
 
     TRAINER: ClassVar[str] = "GRPO"
+    METHODS: ClassVar[tuple[str, ...]] = ("full", "lora", "qlora")
 
     def completions_per_step(self) -> int:
         return self.batch_size or self.prompts_per_step * self.num_generations
@@ -114,12 +115,15 @@ def build_trainer(cfg: GRPORunConfig) -> tuple[Any, list[Sample], dict[str, Any]
     decoding = cfg.decoding(protocol)
     task = get_task(cfg.task, cfg.task_config, data_dir=cfg.data_dir, **cfg.task_args)
     reward_funcs, weights = build_rewards(cfg.rewards, cfg.format, task, decoding.stop)
-    model, tokenizer, info = models.load_model(cfg.model, cfg.weight_dtype())
+    model, tokenizer, info = common.load_training_model(cfg)
     check_markers(tokenizer, protocol.resolved_format().markers)
     # TRL tokenizes string prompts with special tokens on: hand it text that gives evaluation's ids
     dataset = Dataset.from_list([{"prompt": text_for_tokenizer(tokenizer, formats.build_prompt(s.question, protocol, tokenizer)),
                                   "answer": s.answer, "answer_type": task.sample_answer_type(s)} for s in samples])
     on_cuda = common.cuda_available()
+    note = None if on_cuda else cpu_budget_note(cfg.completions_per_step() * cfg.grad_accum, cfg)
+    if note and is_main_process():
+        print(note, flush=True)
     fast_bf16 = on_cuda or models.cpu_has_fast_bf16()
     args = GRPOConfig(
         output_dir=cfg.output_dir, max_steps=cfg.max_steps, per_device_train_batch_size=cfg.completions_per_step(),
@@ -140,7 +144,7 @@ def build_trainer(cfg: GRPORunConfig) -> tuple[Any, list[Sample], dict[str, Any]
     )
     models.set_attention(model, cfg.half_compute(fast_bf16))  # half compute: mathrl_gqa on CPU, flash-attn on CUDA
     peft_config = None
-    if cfg.method == "lora":
+    if cfg.method in ("lora", "qlora"):
         peft_config = common.lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
     plot_keys = ("reward", *(f"rewards/{f.__name__}/mean" for f in reward_funcs), "completions/mean_length",
                  "kl", "entropy", "loss")

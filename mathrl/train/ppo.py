@@ -158,7 +158,7 @@ def run_ppo(cfg: PPORunConfig) -> dict[str, Any]:
     from mathrl.provenance import library_versions
     from mathrl.rewards import build_rewards
     from mathrl.train import common
-    from mathrl.train.rl import check_markers, hacking_alarm, training_prompts
+    from mathrl.train.rl import check_markers, cpu_budget_note, hacking_alarm, training_prompts
     from mathrl.train.saving import save_model
 
     cfg.validate()
@@ -171,6 +171,9 @@ def run_ppo(cfg: PPORunConfig) -> dict[str, Any]:
     reward_funcs, weights = build_rewards(cfg.rewards, cfg.format, task, settings.stop)
     on_cuda = common.cuda_available()
     accelerator = Accelerator(cpu=not on_cuda)
+    note = None if on_cuda else cpu_budget_note(cfg.rollouts_per_step(), cfg)
+    if note and accelerator.is_main_process:
+        print(note, flush=True)
     fast_bf16 = on_cuda or models.cpu_has_fast_bf16()
     bf16 = cfg.autocast_bf16(fast_bf16)
     model, tokenizer, info = models.load_model(cfg.model, cfg.weight_dtype(), device=str(accelerator.device))

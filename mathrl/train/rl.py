@@ -76,3 +76,26 @@ def make_alarm_callback(window: int) -> Any:
                 print(f"warning: step {state.global_step}: {message}", flush=True)
 
     return RewardHackingAlarm()
+
+
+# Above this many generated tokens a run without --max-minutes takes hours on a laptop CPU: a 135M
+# model decodes ~60-200 tokens/s on 2 cores (AVX2 fp32 to AVX512-BF16; docs/benchmarks.md).
+CPU_TOKENS_WARNING = 100_000
+CPU_DECODE_TOKENS_PER_S = (60, 200)
+
+
+def cpu_budget_note(completions_per_step: int, cfg: Any) -> str | None:
+    """A one-line note for an RL run on CPU whose rollouts alone would take hours, or None: the
+    defaults are GPU-sized, and on CPU `--max-minutes`, a budgeted experiment or a CPU config is the
+    way to keep a run to minutes."""
+    if cfg.max_minutes:
+        return None
+    tokens = cfg.max_steps * completions_per_step * cfg.max_completion_length
+    if tokens <= CPU_TOKENS_WARNING:
+        return None
+    slow, fast = CPU_DECODE_TOKENS_PER_S
+    kind = cfg.TRAINER.lower()
+    return (f"note: {kind} on CPU: {cfg.max_steps} steps × {completions_per_step} completions × ≤ {cfg.max_completion_length} "
+            f"tokens = up to {tokens:,} generated tokens, {tokens / fast / 3600:.1f}-{tokens / slow / 3600:.1f} h of rollouts "
+            f"at {slow}-{fast} tokens/s (a 135M model on 2 cores); for minutes, pass --max-minutes or start from "
+            f"configs/{kind}/arithmetic_cpu.yaml")

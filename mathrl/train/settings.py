@@ -24,6 +24,7 @@ from mathrl.errors import MathrlError
 
 # fp16 is allowed wherever a trainer runs with fp16 weights; PPO refuses it (PPORunConfig.checks).
 DTYPES = ("auto", "bf16", "fp16", "fp32")
+PROMPT_POLICIES = ("uniform", "pass_rate")  # GRPO dynamic sampling: see mathrl.train.dynamic_sampling
 DTYPE_HELP = "auto: fp32 weights + bf16 autocast where bf16 is fast; bf16 | fp16 | fp32: weights in that type"
 
 

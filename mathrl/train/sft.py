@@ -95,27 +95,6 @@ def tokenize_examples(examples: list[dict[str, str]], tokenizer: Any) -> list[di
     return out
 
 
-def _load(cfg: SFTRunConfig) -> tuple[Any, Any, dict[str, Any]]:
-    from mathrl import models
-
-    if cfg.method == "qlora":
-        from mathrl.train.common import require_qlora
-
-        require_qlora()
-        import torch
-        from peft import prepare_model_for_kbit_training
-        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-        path, kind = models.resolve(cfg.model)
-        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                   bnb_4bit_compute_dtype=torch.bfloat16)
-        model = AutoModelForCausalLM.from_pretrained(path, quantization_config=quant, dtype=torch.bfloat16)
-        model = prepare_model_for_kbit_training(model)
-        return model, models.load_tokenizer(path), {"name": cfg.model, "kind": kind, "path": path,
-                                                     "revision": models.model_revision(path, kind, model)}
-    return models.load_model(cfg.model, cfg.weight_dtype())
-
-
 def build_trainer(cfg: SFTRunConfig) -> tuple[Any, list[Sample], dict[str, Any], list[str]]:
     """(trainer ready to train: FastSFTTrainer, or TRL's SFTTrainer with fast=False; training samples;
     base model info; format tokens added)."""
@@ -130,7 +109,7 @@ def build_trainer(cfg: SFTRunConfig) -> tuple[Any, list[Sample], dict[str, Any],
     cfg.validate()
     out = Path(cfg.output_dir)
     samples = training_samples(cfg)
-    model, tokenizer, info = _load(cfg)
+    model, tokenizer, info = common.load_training_model(cfg)
     # Full fine-tuning learns new marker tokens' embeddings. With LoRA the markers stay text the base
     # vocabulary spells: PEFT's trainable-token wrappers on embed_tokens/lm_head break TRL's fused LM
     # head (it reads lm_head.weight/.bias directly), and an unchanged vocabulary keeps the adapter
