@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 from mathrl import formats
 from mathrl.config import TaskSettings, opt
 from mathrl.errors import MathrlError
+from mathrl.records import ResultRow
 from mathrl.files import JsonlAppender, atomic_write_csv, atomic_write_json, load_partial_jsonl
 from mathrl.formats import Format, Protocol
 from mathrl.decoding import DecodingSettings
@@ -336,12 +337,9 @@ def run_eval(cfg: EvalConfig, model_bundle: Any = None) -> dict[str, Any]:
 
 def _row(sample: Sample, prompt: str, k: int, comp: Completion, fmt: Format, task: Task,
          params: DecodingSettings) -> dict[str, Any]:
-    row = {"id": sample.id, "sample_idx": k, "question": sample.question, "gold": sample.answer, "prompt": prompt,
-           "completion": comp.text}
     answer_type = task.sample_answer_type(sample)
-    row.update(grade_completion(fmt, task, comp.text, sample.answer, params.stop, answer_type))
-    row.update(num_tokens=comp.num_tokens, finish_reason=comp.finish_reason, answer_type=answer_type)
-    for key in BREAKDOWN_KEYS[:-1]:
-        if sample.meta.get(key) is not None:
-            row[key] = sample.meta[key]
-    return row
+    verdict = grade_completion(fmt, task, comp.text, sample.answer, params.stop, answer_type)
+    meta = {key: sample.meta.get(key) for key in BREAKDOWN_KEYS[:-1]}
+    return ResultRow(id=sample.id, sample_idx=k, question=sample.question, gold=sample.answer, prompt=prompt,
+                     completion=comp.text, **verdict, num_tokens=comp.num_tokens, finish_reason=comp.finish_reason,
+                     answer_type=answer_type, **meta).to_dict()

@@ -1,7 +1,7 @@
 """Report: find evaluations and training runs under run directories, compare them, write CSV/PNG/HTML.
 
     build_report([Path("runs/demo")], Path("runs/demo/report"))  ->  comparison.csv, paired.csv,
-    report.json, accuracy_bar.png, accuracy_grouped.png, eval_template_scatter.png, curves_<run>.png,
+    report.json, report.md, accuracy_bar.png, accuracy_grouped.png, eval_template_scatter.png, curves_<run>.png,
     report.html
 
 Evaluations are directories with summary.json + results.jsonl (from `mathrl eval`), training runs
@@ -20,6 +20,7 @@ from typing import Any
 
 from mathrl import stats
 from mathrl.errors import MathrlError
+from mathrl.records import ResultRow
 from mathrl.files import atomic_write_csv, atomic_write_json, atomic_write_text, iter_jsonl
 
 METRICS = ("strict", "flexible")
@@ -114,7 +115,10 @@ def load_eval(path: Path, label: str) -> EvalRun:
         raise MathrlError(f"{path / 'summary.json'}:{e.lineno}: invalid JSON ({e.msg})") from None
     # load_partial_jsonl tolerates a torn last line of a killed run, but repairs the file in place;
     # a report must never write into an evaluation, so read strictly (errors name file and line)
-    rows = [r for _, r in iter_jsonl(path / "results.jsonl")]
+    rows = []
+    for lineno, r in iter_jsonl(path / "results.jsonl"):
+        ResultRow.from_dict(r, f"{path / 'results.jsonl'}:{lineno}")  # checks the fields the report reads
+        rows.append(r)
     samples: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         samples.setdefault(str(r.get("id")), []).append(r)
@@ -351,6 +355,10 @@ def build_report(run_dirs: list[Path], output_dir: Path, metric: str = "strict",
             "seeds": seeds, "pooled": pooled}
     atomic_write_json(out / "report.json", data)
     files["report.json"] = str(out / "report.json")
+    from mathrl import report_markdown
+
+    atomic_write_text(out / "report.md", report_markdown.render(data))
+    files["report.md"] = str(out / "report.md")
     if flips:
         from mathrl import report_flips
 

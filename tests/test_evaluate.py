@@ -66,8 +66,11 @@ def test_output_files_and_row_fields(first_run, tiny_model_dir, tiny_tokenizer):
     task = get_task("arithmetic")
     samples = {s.id: s for s in task.load_test()}
     fmt = FORMATS["gsm8k"]
+    from mathrl.records import ResultRow
+
     for r in rows:
         assert ROW_FIELDS <= set(r)
+        assert ResultRow.from_dict(r).to_dict() == r  # every written row is a ResultRow, nothing more
         s = samples[r["id"]]
         assert (r["question"], r["gold"], r["level"]) == (s.question, s.answer, s.meta["level"])
         assert r["prompt"] == build_prompt(s.question, Protocol(), tiny_tokenizer)

@@ -313,3 +313,16 @@ def test_flips_show_the_first_questions_whose_verdicts_differ_along_a_chain(tmp_
     assert text.count("ppo says") == 2 and res["files"]["flips.md"].endswith("flips.md")
     with pytest.raises(MathrlError, match=r"--flips: no evaluation named 'rl'; use an eval label: base, ppo, sft"):
         build_report([tmp_path], tmp_path / "r", flips=["base", "rl"])
+
+
+def test_result_rows_are_typed_and_a_foreign_row_is_named(tmp_path):
+    from mathrl.records import ResultRow
+    from mathrl.report import build_report
+
+    d = write_eval(tmp_path / "e", {"name": "m", "kind": "hub"}, [True, False])
+    rows = [json.loads(line) for line in (d / "results.jsonl").read_text().splitlines()]
+    assert ResultRow.from_dict(rows[0]).to_dict() == rows[0] | {"answer_type": "number"}
+    del rows[1]["correct_strict"]
+    (d / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(MathrlError, match=r"results\.jsonl:2: a result row without correct_strict"):
+        build_report([d], tmp_path / "r")

@@ -127,6 +127,9 @@ def test_report_gives_spread_across_seeds_and_pooled_mcnemar(tmp_path):
     assert {r["seed"] for r in read_csv(tmp_path / "report" / "comparison.csv")} == {"", "0", "1", "2"}
     assert len(read_csv(tmp_path / "report" / "seeds.csv")) == 1
     assert "Across training seeds" in (tmp_path / "report" / "report.html").read_text()
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| sft | arithmetic:1-2:test | t | 0, 1, 2 | 60.0% | 20.0 pts | 40.0%–80.0% | 60.0% / 80.0% / 40.0% |" in md
+    assert "sft · t vs base · t" in md and "mean **+40.0 points** (sd 20.0), 0 vs 12 flips" in md
 
 
 def test_report_without_seeds_writes_no_seed_tables(tmp_path):
