@@ -262,7 +262,7 @@ def report(
     run_dirs: list[Path] = typer.Argument(..., help="Evaluation, training or experiment directories (searched recursively)."),
     output_dir: Path = typer.Option(..., help="Where comparison.csv, paired.csv, the plots and report.html go."),
     metric: str = typer.Option("strict", help="strict or flexible: the metric of the plots and paired tests."),
-    bootstrap: int = typer.Option(2000, help="Bootstrap resamples for the 95% intervals."),
+    bootstrap: int = typer.Option(2000, help="Bootstrap resamples for the 95% intervals of paired differences."),
     seed: int = typer.Option(0, help="Bootstrap seed."),
     flips: Optional[str] = typer.Option(None, help="Comma-separated eval or model labels of one task (e.g. "
                                         "base,sft,ppo): write flips.md, the questions where their verdicts differ."),
