@@ -184,7 +184,9 @@ def make_plan(stages: list[Any], budget_s: float, cal: Calibration, prompt_len: 
         steps = int(alloc // per_step)
         if steps < 1:
             raise MathrlError(f"budget {budget_s / 60:.1f} min leaves {alloc:.0f} s for stage {st.name!r}, less than "
-                              f"one of its steps (~{per_step:.0f} s here); raise the budget or shrink the evaluations")
+                              f"one of its steps (~{per_step:.0f} s here): the {len(evals)} evaluations need "
+                              f"~{sum(evals.values()) / 60:.1f} min at the {cal.decode_tokens_per_s:.0f} tokens/s measured "
+                              "here; raise the budget or shrink the evaluations")
         plan[st.name] = {"kind": st.kind, "allocation_s": round(alloc, 1), "step_s": round(per_step, 2),
                          "max_steps": steps, "max_minutes": round(alloc * 1.15 / 60, 2),
                          "estimate_s": round(STAGE_OVERHEAD_S + steps * per_step, 1)}
