@@ -34,6 +34,9 @@ from typing import Any
 from mathrl.errors import MathrlError
 from mathrl.files import atomic_write_json
 
+# Dynamic sampling regenerates the groups whose completions all got one reward: measured on the
+# embedded model, 0.25-1.0 of the groups as drawn (docs/evidence.md); priced at half per round.
+REFILL_SHARE = 0.5
 STAGE_OVERHEAD_S = 8.0  # loading a model and tokenizer, writing outputs: measured 4-10 s for the 135M model
 REPORT_OVERHEAD_S = 15.0
 
@@ -137,10 +140,13 @@ def eval_seconds(stage: Any, cal: Calibration, trained_len: float | None, n_defa
     return STAGE_OVERHEAD_S + n * cal.prefill_s_per_row + n * per / cal.decode_tokens_per_s
 
 
-def step_seconds(stage: Any, cal: Calibration, prompt_len: float, solution_len: float, shared_len: float = 0.0) -> float:
+def step_seconds(stage: Any, cal: Calibration, prompt_len: float, solution_len: float, shared_len: float = 0.0,
+                 untrained: bool = False) -> float:
     """Seconds per optimizer step. The fast trainers run a prefix that every row shares once per micro-batch
     (SFT: the system prompt and chat header, `shared_len` tokens) and each distinct prompt once per group
-    (GRPO), so those tokens are counted once."""
+    (GRPO), so those tokens are counted once. RL from a model not trained here (`untrained`) is priced
+    at the full `max_completion_length` (as its evaluations are: base models ramble); GRPO's dynamic
+    sampling at `REFILL_SHARE` of the groups regenerated in each of its `max_refills` rounds."""
     s = _sizes(stage)
     fast = s.get("fast", True)
     h = cal.head_fraction if fast else 0.0  # the fast trainers project only labelled positions onto the vocabulary
@@ -157,8 +163,11 @@ def step_seconds(stage: Any, cal: Calibration, prompt_len: float, solution_len: 
     per_prompt = s.get("num_generations", 8) if stage.kind == "grpo" else s.get("rollouts_per_prompt", 1)
     prompts = s.get("prompts_per_step", 4)
     rows = prompts * per_prompt
-    completion = min(s.get("max_completion_length", 256), 1.5 * solution_len)
+    limit = s.get("max_completion_length", 256)
+    completion = limit if untrained else min(limit, 1.5 * solution_len)
     generate = prompts * cal.prefill_s_per_row + rows * completion / cal.decode_tokens_per_s
+    if stage.kind == "grpo" and s.get("dynamic_sampling", True):
+        generate *= 1 + REFILL_SHARE * s.get("max_refills", 2)
     prompt_rows = prompts if fast else rows
     passes = s.get("ppo_epochs", 1) + 1 if stage.kind == "ppo" else s.get("num_iterations", 1)
     return generate + passes * train_s(prompt_rows * prompt_len + rows * completion, rows * completion)
@@ -180,11 +189,13 @@ def make_plan(stages: list[Any], budget_s: float, cal: Calibration, prompt_len: 
             plan[st.name] = {"kind": "eval", "estimate_s": round(evals[st.name], 1)}
             continue
         alloc = left * shares[st.name] / total_share
-        per_step = step_seconds(st, cal, prompt_len, solution_len, shared_len)
+        per_step = step_seconds(st, cal, prompt_len, solution_len, shared_len, untrained=not st.deps)
         steps = int(alloc // per_step)
         if steps < 1:
             raise MathrlError(f"budget {budget_s / 60:.1f} min leaves {alloc:.0f} s for stage {st.name!r}, less than "
-                              f"one of its steps (~{per_step:.0f} s here); raise the budget or shrink the evaluations")
+                              f"one of its steps (~{per_step:.0f} s here): the {len(evals)} evaluations need "
+                              f"~{sum(evals.values()) / 60:.1f} min at the {cal.decode_tokens_per_s:.0f} tokens/s measured "
+                              "here; raise the budget or shrink the evaluations")
         plan[st.name] = {"kind": st.kind, "allocation_s": round(alloc, 1), "step_s": round(per_step, 2),
                          "max_steps": steps, "max_minutes": round(alloc * 1.15 / 60, 2),
                          "estimate_s": round(STAGE_OVERHEAD_S + steps * per_step, 1)}

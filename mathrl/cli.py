@@ -61,6 +61,9 @@ def _eval_body(given: dict[str, Any], config: str | None, suite: str | None, sui
         given = {"task_config": config} | given
         config = None
     values = cfgmod.load_yaml(config) | given | ({"protocol": protocol} if protocol else {})
+    # a YAML may name a suite too (the flags win); they are not EvalConfig fields: one run per task
+    suite, suite_tasks = suite or values.pop("suite", None), suite_tasks or values.pop("suite_tasks", None)
+    values.pop("suite", None), values.pop("suite_tasks", None)
     if (suite or suite_tasks) and ("task" in values or "task_config" in values):
         raise MathrlError("--suite/--suite-tasks evaluate several tasks: drop --task/--task-config (use --suite-tasks task:config)")
     if not values.get("output_dir"):

@@ -34,6 +34,13 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "task_args": ("--task-arg", "--task-args"),
 }
 SKIP = ("progress", "name")  # progress: for callers in Python; a protocol's name: set by its preset
+# `--help` groups options by the settings class that declares them (its base-most declaration: a
+# trainer that only redeclares a default keeps the shared field in the shared panel)
+PANELS: dict[str, str] = {
+    "TaskSettings": "Model and task", "PromptSettings": "Prompt", "Protocol": "Prompt protocol",
+    "TrainSettings": "Training", "HFSettings": "Training (TRL)", "RLSettings": "RL: sampling and rewards",
+    "EvalConfig": "Evaluation", "SFTRunConfig": "SFT", "GRPORunConfig": "GRPO", "PPORunConfig": "PPO",
+}
 
 
 def _flag(name: str) -> str:
@@ -67,7 +74,16 @@ def derived_fields(*classes: type, skip: tuple[str, ...] = SKIP) -> dict[str, tu
     return out
 
 
-def _parameter(name: str, f: dataclasses.Field, tp: Any) -> inspect.Parameter:
+def panel(name: str, classes: tuple[type, ...]) -> str | None:
+    """The help panel of a field: the base-most class (over `classes` in order) that declares it."""
+    for cls in classes:
+        for k in reversed(cls.__mro__):
+            if name in vars(k).get("__annotations__", {}):
+                return PANELS.get(k.__name__, k.__name__)
+    return None
+
+
+def _parameter(name: str, f: dataclasses.Field, tp: Any, panel_name: str | None = None) -> inspect.Parameter:
     kind, py = _kind(tp)
     decls = ALIASES.get(name) or ((f"{_flag(name)}/--no-{name.replace('_', '-')}",) if kind == "bool" else (_flag(name),))
     help_text = f.metadata.get("help", "")
@@ -78,7 +94,8 @@ def _parameter(name: str, f: dataclasses.Field, tp: Any) -> inspect.Parameter:
         help_text += f" [default: {str(default).lower() if isinstance(default, bool) else default}]"
     annotation = {"dict": Optional[list[str]], "list": Optional[list[str]], "list_or_str": Optional[str]}.get(kind, Optional[py])
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
-                             default=typer.Option(None, *decls, help=help_text, show_default=False))
+                             default=typer.Option(None, *decls, help=help_text, show_default=False,
+                                                  rich_help_panel=panel_name))
 
 
 def _dict_items(items: list[str], flag: str) -> dict[str, Any]:
@@ -120,7 +137,7 @@ def settings_command(name: str, doc: str, classes: tuple[type, ...], body: Calla
     """A Typer command whose options are the classes' fields plus `extra`; `body(given, **extra_values)`
     receives the flags given (converted) and the extra parameters' values."""
     fields = derived_fields(*classes)
-    params = list(extra) + [_parameter(n, f, tp) for n, (f, tp) in fields.items()]
+    params = list(extra) + [_parameter(n, f, tp, panel(n, classes)) for n, (f, tp) in fields.items()]
     # renamed settings keep their old flag, hidden, with a notice when used
     renamed = {old: new for cls in classes for old, new in getattr(cls, "RENAMED", {}).items() if new in fields}
     for old, new in renamed.items():

@@ -40,7 +40,7 @@ inherits the defaults' `task_config`/`task_args` only when it names the defaults
 out-of-domain task never gets the in-domain task's config.
 
 Eval stages are named `eval/<model>/<task>-<format>-<chat|raw>-<k>shot[-<variant>]` (`<task>` is
-`task.config` when a config is given). The cache key of a stage is the sha256 of its kind, its
+`task.config` when a config is given; a variant with no settings of its own adds no suffix). The cache key of a stage is the sha256 of its kind, its
 settings (eval: `EvalConfig.identity()`, the settings that change the numbers; training: every
 setting except output_dir, resume, report_to) and the keys of the stages it depends on; a
 dependency's output path is hashed as its name, so moving `runs/` keeps every key.
@@ -340,7 +340,9 @@ def _eval_stages(ev: dict[str, Any], shared: dict[str, Any], trained: dict[str, 
             suite_format = task.pop("suite_format", None)
             for fmt in [suite_format] if suite_format and "formats" not in axes else formats_:
                 for chat, k, (variant, overlay) in itertools.product(chats, shots, variants.items()):
-                    setting = f"{task_label}-{fmt}-{'chat' if chat else 'raw'}-{k}shot" + (f"-{variant}" if variant else "")
+                    # a variant that changes nothing is the default setting: no suffix, so it pairs in the
+                    # report with other grids' evaluations of that setting (one factor differs, not two)
+                    setting = f"{task_label}-{fmt}-{'chat' if chat else 'raw'}-{k}shot" + (f"-{variant}" if overlay else "")
                     d = exp_dir / "eval" / label / setting
                     settings = fixed | overlay | task | {"format": fmt, "chat_template": chat, "shots": k, "output_dir": str(d)}
                     if model is not None:

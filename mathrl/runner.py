@@ -159,6 +159,7 @@ def run_stage(st: Stage, status: str, rec: dict[str, Any] | None, inputs: dict[s
         if hasattr(cfg, "resume"):  # trainers continue from their last checkpoint
             cfg = dataclasses.replace(cfg, resume=any(st.out.glob("checkpoint-*")))
         st.out.mkdir(parents=True, exist_ok=True)
+        (st.out / "error.log").unlink(missing_ok=True)  # an earlier attempt's traceback: not this attempt's
         atomic_write_json(st.out / "stage.json", record)
         out = fn(cfg)
     except KeyboardInterrupt:

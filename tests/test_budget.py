@@ -71,7 +71,7 @@ def test_plan_fills_the_budget_by_share_and_sets_the_horizon(tiny_model_dir, tmp
 
 def test_a_budget_too_small_for_one_step_is_refused(tiny_model_dir, tmp_path):
     stages = load_experiments(write(tmp_path / "e.yaml", experiment(tiny_model_dir)), tmp_path / "runs")["tiny"]
-    with pytest.raises(MathrlError, match="less than one of its steps"):
+    with pytest.raises(MathrlError, match=r"less than one of its steps .*: the \d+ evaluations need ~[\d.]+ min at the 1 tokens/s measured here"):
         budget.make_plan(stages, 60, fake_calibration(decode=1.0), prompt_len=40, solution_len=10, n_questions=300)
 
 
@@ -105,5 +105,20 @@ def test_fast_trainers_count_shared_prompt_tokens_once(tiny_model_dir, tmp_path)
     cal = fake_calibration()
     # SFT: 4 rows of 51 tokens, the 30 shared ones computed once
     assert budget.step_seconds(by_name["sft"], cal, 40, 10, shared_len=30) == pytest.approx((4 * 51 - 3 * 30) / 100)
-    # GRPO: 2 prompts x 2 generations of min(8, 15) tokens; each prompt's 40 tokens once per group
-    assert budget.step_seconds(by_name["grpo"], cal, 40, 10) == pytest.approx(4 * 8 / 50 + (2 * 40 + 4 * 8) / 100)
+    # GRPO: 2 prompts x 2 generations of min(8, 15) tokens, regenerated for half the groups in each of
+    # dynamic sampling's 2 refill rounds; each prompt's 40 tokens once per group in the training pass
+    train = (2 * 40 + 4 * 8) / 100
+    assert budget.step_seconds(by_name["grpo"], cal, 40, 10) == pytest.approx(2 * 4 * 8 / 50 + train)
+
+
+def test_rl_step_prices_refills_and_untrained_models_ramble(tiny_model_dir, tmp_path):
+    """GRPO steps were priced at a third of their time when dynamic sampling refilled every round and
+    the model (untrained here) ran to max_completion_length (docs/evidence.md, study 5)."""
+    exp = experiment(tiny_model_dir)
+    exp["stages"]["grpo"] |= {"from": "base", "max_completion_length": 60}
+    stages = {st.name: st for st in load_experiments(write(tmp_path / "e.yaml", exp), tmp_path / "runs")["tiny"]}
+    cal = fake_calibration()
+    untrained = budget.step_seconds(stages["grpo"], cal, 40, 10, untrained=True)
+    assert untrained == pytest.approx(2 * 4 * 60 / 50 + (2 * 40 + 4 * 60) / 100)  # 60 tokens, not 1.5 x 10
+    stages["grpo"].config.dynamic_sampling = False
+    assert budget.step_seconds(stages["grpo"], cal, 40, 10) == pytest.approx(4 * 15 / 50 + (2 * 40 + 4 * 15) / 100)

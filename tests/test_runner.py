@@ -150,6 +150,7 @@ def test_crash_mid_eval_resumes_without_redoing_finished_work(tiny_model_dir, tm
     rec = stage_json(runs, chat)
     assert rec["status"] == "done" and rec["attempts"] == 2 and rec["result"]["n"] == 4
     assert len((runs / "tiny" / chat / "results.jsonl").read_text().splitlines()) == 4
+    assert not (runs / "tiny" / chat / "error.log").exists()  # the failed attempt's traceback went with it
 
 
 def test_failed_stage_blocks_dependants_and_cli_exits_nonzero(tiny_model_dir, tmp_path, fake_report):

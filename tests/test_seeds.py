@@ -87,12 +87,13 @@ experiments:
 def test_eval_variants_are_a_grid_axis_with_their_own_settings(tmp_path):
     evals = expand(tmp_path, VARIANTS)
     names = [e.name.split("/")[-1] for e in evals]
-    assert names == ["arithmetic.1-2-gsm8k-chat-0shot-instruction", "arithmetic.1-2-gsm8k-chat-0shot-plain",
-                     "arithmetic.1-2-gsm8k-chat-1shot-instruction", "arithmetic.1-2-gsm8k-chat-1shot-plain"]
+    # the empty variant is the default setting: unsuffixed, so it pairs with other grids' evaluations
+    assert names == ["arithmetic.1-2-gsm8k-chat-0shot", "arithmetic.1-2-gsm8k-chat-0shot-plain",
+                     "arithmetic.1-2-gsm8k-chat-1shot", "arithmetic.1-2-gsm8k-chat-1shot-plain"]
     prompts = {n: e.config.protocol.system_prompt for n, e in zip(names, evals)}
     assert prompts[names[0]] is None and prompts[names[1]] == ""
     assert evals[0].key != evals[1].key
-    assert evals[1].eval_setting["variant"] == "plain"
+    assert evals[1].eval_setting["variant"] == "plain" and evals[0].eval_setting["variant"] == "instruction"
 
 
 def test_a_variant_may_not_set_a_grid_axis(tmp_path):

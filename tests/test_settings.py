@@ -107,3 +107,19 @@ def test_a_new_field_reaches_help_yaml_and_the_runner(tmp_path, monkeypatch):
     exp.write_text(yaml.safe_dump({"experiments": {"x": {"stages": {"g": {"kind": "grpo", "dynamic_samplin": True}}}}}))
     with pytest.raises(MathrlError, match="did you mean 'dynamic_sampling'"):
         experiment.load_experiments(exp, tmp_path / "runs")
+
+
+def test_help_groups_options_by_the_settings_class_that_declares_them():
+    from mathrl.cli import app
+
+    def section(text: str, title: str) -> str:
+        start = text.index(f"─ {title} ─")
+        nxt = text.find("╭─", start + 1)
+        return text[start: nxt if nxt > 0 else len(text)]
+
+    out = runner.invoke(app, ["grpo", "--help"], terminal_width=200).output
+    assert "--num-generations" in section(out, "GRPO") and "--num-generations" not in section(out, "Training")
+    assert "--temperature" in section(out, "RL: sampling and rewards")
+    assert "--learning-rate" in section(out, "Training") and "--task-config" in section(out, "Model and task")
+    out = runner.invoke(app, ["eval", "--help"], terminal_width=200).output
+    assert "--shots" in section(out, "Prompt protocol") and "--max-new-tokens" in section(out, "Evaluation")

@@ -122,3 +122,13 @@ def test_cli_suite(tiny_model_dir, suite_data_dir, tmp_path):
     assert set(json.loads((out / "suite.json").read_text())["tasks"]) == {"asdiv", "math500"}
     res = runner.invoke(app, ["eval", "--suite", "generalisation", "--task", "svamp", "--output-dir", str(out)])
     assert res.exit_code != 0 and "drop --task" in str(res.exception)
+
+
+def test_an_eval_yaml_may_name_the_suite(tiny_model_dir, suite_data_dir, tmp_path):
+    out = tmp_path / "yaml"
+    cfg = tmp_path / "suite.yaml"
+    cfg.write_text(f"suite_tasks: asdiv\nmodel: {tiny_model_dir}\ndata_dir: {suite_data_dir}\nlimit: 2\n"
+                   f"max_new_tokens: 4\ndtype: fp32\nbackend: hf\noutput_dir: {out}\n")
+    res = runner.invoke(app, ["eval", "--config", str(cfg)])
+    assert res.exit_code == 0, res.output
+    assert set(json.loads((out / "suite.json").read_text())["tasks"]) == {"asdiv"}

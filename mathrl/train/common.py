@@ -184,6 +184,28 @@ def lora_config(r: int, alpha: int, dropout: float, targets: list[str] | str) ->
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM")
 
 
+def hf_trainer_arguments(cfg: Any, on_cuda: bool, fast_bf16: bool) -> dict[str, Any]:
+    """The TrainingArguments both TRL trainers (SFT, GRPO) take from the shared settings (HFSettings)."""
+    return dict(
+        learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,  # transformers 5 reads a value below 1 as a fraction of the steps
+        weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, gradient_accumulation_steps=cfg.grad_accum,
+        activation_checkpointing=on_cuda if cfg.gradient_checkpointing is None else cfg.gradient_checkpointing,
+        optim=pick_optimizer(cfg.optim),
+        bf16=cfg.autocast_bf16(fast_bf16),  # autocast over fp32 master weights
+        use_cpu=not on_cuda, save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
+        logging_steps=cfg.logging_steps, report_to=cfg.report_to, seed=cfg.seed, data_seed=cfg.seed,
+        dataloader_num_workers=0, ddp_find_unused_parameters=False,
+    )
+
+
+def peft_config(cfg: Any) -> Any:
+    """The LoRA config of a `lora`/`qlora` run, None for full fine-tuning."""
+    if cfg.method not in ("lora", "qlora"):
+        return None
+    return lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+
+
 def load_training_model(cfg: Any) -> tuple[Any, Any, dict[str, Any]]:
     """(model, tokenizer, model info) for a trainer: 4-bit NF4 weights with bf16 compute for
     `method: qlora` (CUDA + bitsandbytes, checked before anything loads), else `models.load_model`."""

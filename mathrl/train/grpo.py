@@ -127,25 +127,15 @@ def build_trainer(cfg: GRPORunConfig) -> tuple[Any, list[Sample], dict[str, Any]
     fast_bf16 = on_cuda or models.cpu_has_fast_bf16()
     args = GRPOConfig(
         output_dir=cfg.output_dir, max_steps=cfg.max_steps, per_device_train_batch_size=cfg.completions_per_step(),
-        gradient_accumulation_steps=cfg.grad_accum, num_generations=cfg.num_generations,
+        num_generations=cfg.num_generations,
         max_completion_length=cfg.max_completion_length, temperature=cfg.temperature, top_p=cfg.top_p,
         beta=cfg.beta, loss_type=cfg.loss_type, epsilon=cfg.epsilon, num_iterations=cfg.num_iterations,
         scale_rewards=cfg.scale_rewards, mask_truncated_completions=cfg.mask_truncated_completions,
-        reward_weights=weights, learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=cfg.warmup_ratio,  # transformers 5 reads a value below 1 as a fraction of the steps
-        max_grad_norm=cfg.max_grad_norm, weight_decay=cfg.weight_decay,
-        activation_checkpointing=on_cuda if cfg.gradient_checkpointing is None else cfg.gradient_checkpointing,
-        optim=common.pick_optimizer(cfg.optim),
-        bf16=cfg.autocast_bf16(fast_bf16),  # autocast over fp32 master weights
-        use_cpu=not on_cuda, use_vllm=vllm, vllm_mode=cfg.vllm_mode, vllm_server_base_url=cfg.vllm_server_url,
-        save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit, logging_steps=cfg.logging_steps,
-        log_completions=cfg.log_completions, report_to=cfg.report_to, seed=cfg.seed, data_seed=cfg.seed,
-        dataloader_num_workers=0, ddp_find_unused_parameters=False,
+        reward_weights=weights, use_vllm=vllm, vllm_mode=cfg.vllm_mode, vllm_server_base_url=cfg.vllm_server_url,
+        log_completions=cfg.log_completions, **common.hf_trainer_arguments(cfg, on_cuda, fast_bf16),
     )
     models.set_attention(model, cfg.half_compute(fast_bf16))  # half compute: mathrl_gqa on CPU, flash-attn on CUDA
-    peft_config = None
-    if cfg.method in ("lora", "qlora"):
-        peft_config = common.lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+    peft_config = common.peft_config(cfg)
     plot_keys = ("reward", *(f"rewards/{f.__name__}/mean" for f in reward_funcs), "completions/mean_length",
                  "kl", "entropy", "loss")
     callbacks = [make_alarm_callback(cfg.alarm_window), common.make_log_callback(cfg.output_dir, plot_keys)]

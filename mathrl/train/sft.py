@@ -121,22 +121,11 @@ def build_trainer(cfg: SFTRunConfig) -> tuple[Any, list[Sample], dict[str, Any],
     fast_bf16 = on_cuda or models.cpu_has_fast_bf16()
     args = SFTConfig(
         output_dir=str(out), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=cfg.warmup_ratio,  # transformers 5 reads a value below 1 as a fraction of the steps
-        weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, max_length=cfg.max_length,
-        completion_only_loss=cfg.loss == "completion",
-        activation_checkpointing=on_cuda if cfg.gradient_checkpointing is None else cfg.gradient_checkpointing,
-        optim=common.pick_optimizer(cfg.optim),
-        bf16=cfg.autocast_bf16(fast_bf16),  # autocast over fp32 master weights
-        use_cpu=not on_cuda, save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
-        logging_steps=cfg.logging_steps, report_to=cfg.report_to, seed=cfg.seed, data_seed=cfg.seed,
-        dataloader_num_workers=0, ddp_find_unused_parameters=False,
+        per_device_train_batch_size=cfg.batch_size, max_length=cfg.max_length,
+        completion_only_loss=cfg.loss == "completion", **common.hf_trainer_arguments(cfg, on_cuda, fast_bf16),
     )
     models.set_attention(model, cfg.half_compute(fast_bf16))  # half compute: mathrl_gqa on CPU, flash-attn on CUDA
-    peft_config = None
-    if cfg.method in ("lora", "qlora"):
-        peft_config = common.lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+    peft_config = common.peft_config(cfg)
     callbacks = [common.make_log_callback(out, ("loss", "learning_rate", "grad_norm"))]
     if cfg.max_minutes:
         callbacks.append(common.make_time_budget_callback(cfg.max_minutes, cfg.lr_scheduler))
