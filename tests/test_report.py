@@ -146,7 +146,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 def test_build_report_writes_every_file(experiment, tmp_path):
     out = tmp_path / "report"
     res = build_report([experiment], out, n_resamples=500)
-    names = {"comparison.csv", "paired.csv", "report.json", "report.html", "accuracy_bar.png",
+    names = {"comparison.csv", "paired.csv", "report.json", "report.md", "report.html", "accuracy_bar.png",
              "accuracy_grouped.png", "eval_template_scatter.png", "curves_sft.png", "curves_grpo.png"}
     assert names <= {p.name for p in out.iterdir()}
     assert set(res["files"]) == names

@@ -84,12 +84,13 @@ def test_end_to_end_cache_and_partial_rerun(tiny_model_dir, tmp_path, fake_repor
     assert rec["config"]["model"] == str(runs / "tiny" / "sft")
     manifest = json.loads((runs / "tiny" / "experiment.json").read_text())["stages"]
     assert manifest["sft"] | {"key": None} == {"kind": "sft", "method": "sft", "model": "sft", "eval": None, "setting": None,
-                                               "output_dir": "sft", "depends_on": [], "status": "done", "key": None}
+                                               "output_dir": "sft", "depends_on": [], "status": "done", "key": None,
+                                               "replica_of": None, "seed": None}
     m = manifest["eval/sft/arithmetic.1-gsm8k-raw-0shot"]
     assert (m["method"], m["model"], m["setting"], m["output_dir"]) == (
         "sft", "sft", "arithmetic.1-gsm8k-raw-0shot", "eval/sft/arithmetic.1-gsm8k-raw-0shot")
     assert m["eval"] | {} == {"task": "arithmetic", "task_config": "1", "format": "gsm8k", "chat_template": False,
-                              "shots": 0, "setting": "arithmetic.1-gsm8k-raw-0shot"}
+                              "shots": 0, "variant": None, "setting": "arithmetic.1-gsm8k-raw-0shot"}
     finished = {n: stage_json(runs, n)["finished"] for n in out}
 
     # second run: everything cached, nothing rewritten
