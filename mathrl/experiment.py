@@ -187,7 +187,8 @@ def expand(name: str, spec: Any, runs_dir: Path, source: str) -> list[Stage]:
         swhere = f"{where}.stages.{sname}"
         sspec = _mapping(sspec, swhere)
         kind, src = sspec.pop("kind", None), sspec.pop("from", None)
-        replica_of, seed = sspec.pop("_replica_of", None), sspec.pop("_seed", None)
+        replica_of = sspec.pop("_replica_of", None)
+        seed = sspec.get("seed") if replica_of else None
         share = sspec.pop("budget_share", None)
         if share is not None and (isinstance(share, bool) or not isinstance(share, (int, float)) or share <= 0):
             raise MathrlError(f"{swhere}: budget_share must be a positive number, got {share!r}")
@@ -257,7 +258,7 @@ def _replicate(specs: dict[str, Any], seeds: Any, where: str) -> tuple[dict[str,
             src = spec.get("from")
             if isinstance(src, str) and src in specs:
                 spec["from"] = f"{src}-s{seed}"
-            out[f"{name}-s{seed}"] = spec | {"seed": seed, "_replica_of": name, "_seed": seed}
+            out[f"{name}-s{seed}"] = spec | {"seed": seed, "_replica_of": name}
     return out, {name: [f"{name}-s{seed}" for seed in seeds] for name in specs}
 
 

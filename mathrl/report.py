@@ -245,7 +245,7 @@ def _training_dir(info: dict[str, Any], trains: list[TrainRun]) -> TrainRun | No
 
 # ---------------------------------------------------------------- tables
 
-def comparison_rows(evals: list[EvalRun], n_resamples: int, seed: int) -> list[dict[str, Any]]:
+def comparison_rows(evals: list[EvalRun]) -> list[dict[str, Any]]:
     """One row per evaluation: accuracy over every completion with `stats.accuracy_interval` — the same
     number and 95% interval as the evaluation's summary.json and the runner's table (Wilson for one
     completion per question, a question-cluster normal interval for several; named in `interval`)."""
@@ -340,7 +340,7 @@ def build_report(run_dirs: list[Path], output_dir: Path, metric: str = "strict",
     trains.sort(key=lambda t: (METHODS.index(t.method) if t.method in METHODS else len(METHODS), t.label))
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    comparison = comparison_rows(evals, n_resamples, seed)
+    comparison = comparison_rows(evals)
     paired = paired_rows(evals, metric, n_resamples, seed)
     training = training_rows(trains)
     seeds, pooled = report_seeds.seed_rows(comparison), report_seeds.pooled_rows(evals, metric)
