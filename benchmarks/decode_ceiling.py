@@ -27,37 +27,7 @@ import statistics
 import time
 from pathlib import Path
 
-from machine import Contention, cpu_flags, cpu_name
-
-
-def linear_shapes(model) -> list[tuple[int, int]]:
-    """(in_features, out_features) of every matmul one token passes through, the LM head included."""
-    import torch
-
-    shapes = [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    return shapes
-
-
-def gemm_seconds(shapes: list[tuple[int, int]], batch: int, dtype, repeats: int) -> float:
-    import torch
-
-    total = 0.0
-    cache: dict[tuple[int, int], float] = {}
-    for shape in shapes:
-        if shape not in cache:
-            x = torch.randn(batch, shape[0], dtype=dtype)
-            w = torch.randn(shape[1], shape[0], dtype=dtype)
-            for _ in range(3):
-                torch.nn.functional.linear(x, w)
-            runs = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                for _ in range(10):
-                    torch.nn.functional.linear(x, w)
-                runs.append((time.perf_counter() - start) / 10)
-            cache[shape] = statistics.median(runs)
-        total += cache[shape]
-    return total
+from machine import Contention, cpu_flags, cpu_name, gemm_seconds, linear_shapes
 
 
 def measured_decode(model, tok, batch: int, steps: int, repeats: int) -> float:

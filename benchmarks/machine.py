@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -51,3 +52,41 @@ class Contention:
         wall = time.perf_counter() - self.t
         own = time.process_time() - self.own
         self.other_cores = None if busy is None or self.busy is None else round(max(0.0, busy - self.busy - own) / wall, 2)
+
+
+def linear_shapes(model) -> list[tuple[int, int]]:
+    """(in_features, out_features) of every matmul one token passes through, the LM head included."""
+    import torch
+
+    return [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+
+
+def gemm_seconds(shapes: list[tuple[int, int]], batch: int, dtype, repeats: int, inner: int = 10) -> float:
+    """Summed time of `batch`-row GEMMs through `shapes` (each distinct shape timed alone, median of
+    `repeats` runs of `inner`): the fastest these matmuls can run on this machine with torch's kernels."""
+    import torch
+
+    total = 0.0
+    cache: dict[tuple[int, int], float] = {}
+    for shape in shapes:
+        if shape not in cache:
+            x = torch.randn(batch, shape[0], dtype=dtype)
+            w = torch.randn(shape[1], shape[0], dtype=dtype)
+            for _ in range(3):
+                torch.nn.functional.linear(x, w)
+            runs = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                for _ in range(inner):
+                    torch.nn.functional.linear(x, w)
+                runs.append((time.perf_counter() - start) / inner)
+            cache[shape] = statistics.median(runs)
+        total += cache[shape]
+    return total
+
+
+def gemm_peak_gflops(shapes: list[tuple[int, int]], rows: int, dtype, repeats: int = 3) -> float:
+    """GFLOP/s of this machine's GEMMs through a model's linear layers at `rows` rows (training shapes:
+    rows = tokens of a batch), i.e. the matmul peak that 6·N·tokens/s is a share of."""
+    flops = sum(2 * rows * k * n for k, n in shapes)
+    return flops / gemm_seconds(shapes, rows, dtype, repeats, inner=1) / 1e9

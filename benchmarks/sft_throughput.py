@@ -5,9 +5,12 @@ Settings are METHOD-DTYPE (mathrl's default FastSFTTrainer: each batch's shared 
 once, padding is not computed) or stock-METHOD-DTYPE (TRL's own SFTTrainer, the same workload). The
 named baseline is `stock-full-fp32`: stock TRL, full fine-tuning, fp32. Prints the median training
 tokens/s per setting (real tokens of the rows, prompt included, as TRL counts them; steps after the
-first two), the ratio to the baseline, the share of this CPU's bf16 ceiling that 6·N·tokens FLOPs
-would reach (N = model parameters; LoRA skips weight gradients and the fast path skips the prefix's
-repeats, so for them it is an upper bound), the cores other processes kept busy, and the CPU flags.
+first two), the ratio to the baseline, the share of this CPU's GEMM peak that 6·N·tokens FLOPs would reach
+(N = model parameters; LoRA skips weight gradients and the fast path skips the prefix's repeats, so
+for them it is an upper bound), the cores other processes kept busy, and the CPU flags. The peak is
+measured on the spot (`machine.gemm_peak_gflops`: every linear layer of the model as a GEMM at the
+batch's token count, in the setting's compute dtype: fp32, or bf16 where `auto` picks it) unless
+`--ceiling-gflops` names one.
 `--rounds R` runs the settings R times in turn (A B A B ...), so a change in machine load hits all.
 
     python benchmarks/sft_throughput.py --steps 6 --settings stock-full-fp32,full-fp32
@@ -84,10 +87,34 @@ def measure(name: str, steps: int, batch_size: int) -> dict:
             "params": params, "other_cores": busy.other_cores, "fast_path": record}
 
 
+def compute_dtype(name: str) -> str:
+    """The dtype a setting's matmuls run in: fp32, or bf16 (bf16 weights, or `auto` on a fast-bf16 CPU)."""
+    import torch
+
+    from mathrl import models
+
+    dtype = parse_setting(name)[1]
+    return "bf16" if dtype == "bf16" or (dtype == "auto" and models.pick_dtype("auto") == torch.bfloat16) else "fp32"
+
+
+def measured_peaks(dtypes: set[str], rows: int) -> dict[str, float]:
+    """GEMM GFLOP/s of the embedded model's linear layers at `rows` rows, per compute dtype."""
+    import torch
+
+    from machine import gemm_peak_gflops, linear_shapes
+    from mathrl import models
+
+    model = models.load_model("smollm2-135m", "fp32")[0]
+    shapes = linear_shapes(model)
+    table = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    return {d: gemm_peak_gflops(shapes, rows, table[d]) for d in sorted(dtypes)}
+
+
 def summarize(name: str, runs: list[dict], ceiling_gflops: float) -> dict:
     rates = [x for r in runs for x in r["rates"]]
     tps = statistics.median(rates)
     return {"setting": name, "tokens_per_s": tps, "min": min(rates), "max": max(rates), "steps_measured": len(rates),
+            "ceiling_gflops": round(ceiling_gflops, 1),
             "ceiling_share": 6 * runs[0]["params"] * tps / (ceiling_gflops * 1e9),
             "other_cores": max((r["other_cores"] for r in runs if r["other_cores"] is not None), default=None),
             "fast_path": runs[-1]["fast_path"]}
@@ -99,7 +126,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--settings", default="stock-full-fp32,full-fp32,full-auto,lora-auto")
     ap.add_argument("--rounds", type=int, default=1, help="run the settings this many times, in turn")
-    ap.add_argument("--ceiling-gflops", type=float, default=750.0, help="bf16 matmul peak of this machine")
+    ap.add_argument("--ceiling-gflops", type=float, default=None,
+                    help="matmul peak of this machine (default: measured here, per compute dtype)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--work-only", action="store_true", help="only count the work per batch (seconds, any load)")
     args = ap.parse_args()
@@ -122,12 +150,17 @@ def main() -> None:
     for _ in range(args.rounds):
         for n in names:
             runs[n].append(measure(n, args.steps, args.batch_size))
-    results = [summarize(n, runs[n], args.ceiling_gflops) for n in names]
+    rows = args.batch_size * 96  # about a batch's tokens: arithmetic rows are ~82 tokens at batch 16
+    peaks = ({d: args.ceiling_gflops for d in ("fp32", "bf16")} if args.ceiling_gflops
+             else measured_peaks({compute_dtype(n) for n in names}, rows))
+    results = [summarize(n, runs[n], peaks[compute_dtype(n)]) for n in names]
     base = next((r for r in results if r["setting"] == BASELINE), results[0])
     print(f"\nSFT throughput, smollm2-135m, arithmetic 1-2, batch {args.batch_size}, max length 256, "
           f"median of {args.steps} steps x {args.rounds} round(s) per setting")
-    print(f"load average (1 min) at start {load_start[0]:.2f}, at end {os.getloadavg()[0]:.2f}")
-    print(f"{'setting':16s} {'tokens/s':>9s} {'min-max':>13s} {'vs ' + base['setting']:>20s} {'bf16 ceiling':>13s} "
+    print(f"load average (1 min) at start {load_start[0]:.2f}, at end {os.getloadavg()[0]:.2f}; GEMM peak "
+          + ", ".join(f"{d} {g:.1f} GFLOP/s" for d, g in peaks.items())
+          + ("" if args.ceiling_gflops else f" (measured here, {rows} rows)"))
+    print(f"{'setting':16s} {'tokens/s':>9s} {'min-max':>13s} {'vs ' + base['setting']:>20s} {'GEMM peak':>13s} "
           f"{'other cores':>12s} {'prefix':>7s} {'backbone tokens':>16s}")
     for r in results:
         r["ratio"] = r["tokens_per_s"] / base["tokens_per_s"]
