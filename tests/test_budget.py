@@ -82,6 +82,53 @@ def test_bad_budget_share_is_refused(tiny_model_dir, tmp_path):
         load_experiments(write(tmp_path / "e.yaml", exp), tmp_path / "runs")
 
 
+def _stall_first_pass_at_each_shape(monkeypatch, stall: float) -> None:
+    """Models loaded from now on sleep `stall` s in the first backbone call of each kind (several tokens,
+    one token, training) at a batch of 4 rows: what a fresh process's first pass at a new shape pays."""
+    import time
+
+    from mathrl import models
+
+    real = models.load_model
+
+    def load(*args, **kwargs):
+        model, tok, info = real(*args, **kwargs)
+        backbone, seen = model.base_model, set()
+        inner = backbone.forward
+
+        def forward(*a, **k):
+            ids = k.get("input_ids", a[0] if a else None)
+            shape = ids.shape if ids is not None else k["inputs_embeds"].shape[:2]
+            key = (shape[1] == 1, backbone.training)
+            if shape[0] == 4 and key not in seen:
+                seen.add(key)
+                time.sleep(stall)
+            return inner(*a, **k)
+
+        backbone.forward = forward
+        return model, tok, info
+
+    monkeypatch.setattr(models, "load_model", load)
+
+
+def test_a_slow_first_pass_does_not_set_the_calibrated_rates(tiny_model_dir, monkeypatch):
+    """With one pass per measurement the CPU demo's plan came out 25% over its wall time: its first
+    16-row training step took 20 s and the next ones 15-17 s, and every SFT step was priced at the
+    first (docs/evidence.md). Each measurement is now repeated and the fastest kept."""
+    prompts = ["<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n"] * 4
+    texts = [p + "2 + 3 = 5\n#### 5<|im_end|>" for p in prompts]
+    cals = {}
+    for repeats in (1, 2):
+        monkeypatch.setattr(budget, "REPEATS", repeats, raising=False)
+        _stall_first_pass_at_each_shape(monkeypatch, stall=0.5)
+        cals[repeats] = budget.calibrate(str(tiny_model_dir), prompts, texts, dtype="fp32", decode_batch=4,
+                                         train_batch=4)
+    one, two = cals[1], cals[2]
+    assert two.train_tokens_per_s > 3 * one.train_tokens_per_s
+    # the stalled first call at 4 rows is the 1-token run's (generate's first forward): the prefill
+    assert two.prefill_s_per_row * 4 < 0.5 < one.prefill_s_per_row * 4
+
+
 def test_dry_run_with_a_budget_calibrates_prints_and_keeps_the_plan(tiny_model_dir, tmp_path):
     path = write(tmp_path / "e.yaml", experiment(tiny_model_dir))
     buf = io.StringIO()
