@@ -7,6 +7,9 @@ beta 0, learning rate 1e-6, rewards correctness + format. Settings:
   mathrl           mathrl's GRPO (FastGRPOTrainer), weights in --dtype
   mathrl-auto      mathrl's default dtype: fp32 master weights + bf16 autocast where bf16 is fast
   mathrl-lora      mathrl with LoRA r16, weights in --dtype
+  mathrl-dynamic   mathrl with dynamic sampling on (its default: groups without reward spread are
+                   regenerated, up to 2 rounds), weights in --dtype: more generation per step
+Dynamic sampling is off in the other mathrl settings, so every setting generates 32 completions a step.
 `--dtype auto` (the default) is the dtype mathrl picks on this machine: bf16 on a CPU with
 AVX512-BF16/AMX, fp32 on an AVX2-only one (where bf16 is emulated and 10-30x slower); the earlier
 bf16-CPU table in docs/benchmarks.md used `--dtype bf16`. Each setting runs in its own process (no
@@ -27,14 +30,16 @@ import tempfile
 import time
 from pathlib import Path
 
-SETTINGS = ("trl", "mathrl", "mathrl-auto", "mathrl-lora")
+SETTINGS = ("trl", "mathrl", "mathrl-auto", "mathrl-lora", "mathrl-dynamic")
 
 
 def _workload(task: str) -> dict:
     task_name, _, task_config = task.partition(":")
     return dict(model="smollm2-135m", task=task_name, task_config=task_config or None, format="gsm8k",
                 rewards="correctness,format:0.5", num_generations=8, prompts_per_step=4, max_completion_length=48,
-                temperature=1.0, beta=0.0, learning_rate=1e-6, save_steps=10_000, num_samples=256, seed=0)
+                temperature=1.0, beta=0.0, learning_rate=1e-6, save_steps=10_000, num_samples=256, seed=0,
+                # one generation pass per step, as stock TRL does; `mathrl-dynamic` adds the refills
+                dynamic_sampling=False)
 
 
 def weights_dtype(dtype: str) -> str:
@@ -67,7 +72,8 @@ def run_one(setting: str, steps: int, task: str, dtype: str = "auto") -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         values = dict(_workload(task), max_steps=steps + 1, output_dir=tmp,
                       dtype="auto" if setting == "mathrl-auto" else weights_dtype(dtype),
-                      method="lora" if setting == "mathrl-lora" else "full")
+                      method="lora" if setting == "mathrl-lora" else "full",
+                      dynamic_sampling=setting == "mathrl-dynamic")
         cfg = cfgmod.build(GRPORunConfig, values)
         if setting == "trl":
             trainer = stock_trainer(cfg)

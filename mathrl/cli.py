@@ -323,6 +323,9 @@ def quiet_libraries() -> None:
         pass
 
 
+INTERRUPTED = "interrupted: results written so far are kept; rerun the same command to resume"
+
+
 def main() -> None:
     quiet_libraries()
     try:
@@ -331,8 +334,12 @@ def main() -> None:
         typer.secho(f"error: {e}", fg="red", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        typer.secho("interrupted: results written so far are kept; rerun the same command to resume", err=True)
+        typer.secho(INTERRUPTED, err=True)
         sys.exit(130)
+    except SystemExit as e:
+        if e.code == 130:  # Typer turns Ctrl-C inside a command into a silent exit 130
+            typer.secho(INTERRUPTED, err=True)
+        raise
 
 
 if __name__ == "__main__":

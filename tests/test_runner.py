@@ -373,3 +373,42 @@ def test_each_study_ships_gpu_and_cpu_sized(study):
     evals = [s for s in stages if s.kind == "eval"]
     assert evals and all(s.config.limit is not None and s.config.limit >= 200 for s in evals)
     assert len({s.config.sample_seed for s in evals}) == 1  # the same fixed questions for every model
+
+
+def test_ctrl_c_during_an_evaluation_stops_the_run_and_keeps_what_it_wrote(tiny_model_dir, tmp_path):
+    """SIGINT (Ctrl-C) to `mathrl run` mid-evaluation: the run stops there with exit code 130, the
+    stage is recorded as interrupted with the rows it finished, and the next stage does not start."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    runs, f = tmp_path / "runs", tmp_path / "exp.yaml"
+    write_exp(f, {"defaults": {"model": str(tiny_model_dir), "task": "arithmetic", "dtype": "fp32"},
+                  "eval": {"chat_template": [True, False], **EVAL, "limit": 400, "batch_size": 2,
+                           "max_new_tokens": 24}})
+    chat, raw = runs / "tiny" / "eval/base/arithmetic-gsm8k-chat-0shot", runs / "tiny" / "eval/base/arithmetic-gsm8k-raw-0shot"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "mathrl", "run", str(f), "--runs-dir", str(runs)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    try:
+        deadline, first = time.time() + 120, None
+        while time.time() < deadline and proc.poll() is None:
+            done = [d for d in (chat, raw) if (d / "results.jsonl").exists() and (d / "results.jsonl").read_text().count("\n") >= 2]
+            if done:
+                first = done[0]
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None and first is not None, "the evaluation never started (or already ended)"
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, output
+    assert "interrupted" in output
+    rec = json.loads((first / "stage.json").read_text())
+    assert rec["status"] == "interrupted"
+    kept = (first / "results.jsonl").read_text().splitlines()
+    assert 2 <= len(kept) < 400
+    other = raw if first == chat else chat
+    assert not (other / "results.jsonl").exists()  # the next stage did not start
