@@ -59,7 +59,8 @@ def test_plan_fills_the_budget_by_share_and_sets_the_horizon(tiny_model_dir, tmp
     assert sft["step_s"] == pytest.approx(4 * (40 + 10 + 1) / 100.0)  # batch x tokens / training rate
     # base eval: 4 questions x the whole max_new_tokens; trained models: 1.3 x the solution length
     assert plan["stages"]["eval/base/arithmetic.1-gsm8k-chat-0shot"]["estimate_s"] == pytest.approx(budget.STAGE_OVERHEAD_S + 4 * 8 / 50, abs=0.1)
-    assert plan["estimate_s"] <= 600 and plan["estimate_s"] > 0.9 * 600
+    # a budget is a limit: the plan aims MARGIN under it (planned to the full 20 minutes, the demo took 20.2)
+    assert 0.85 * 600 < plan["estimate_s"] <= (1 - budget.MARGIN) * 600 and budget.MARGIN >= 0.05
     keys = {st.name: st.key for st in stages}
     budget.apply_plan(stages, plan)
     rebuild(stages, "test")
