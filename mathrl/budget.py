@@ -13,7 +13,8 @@ step's tokens/s, then:
 3. turns each allocation into steps (SFT: sequences per step × mean training length ÷ training rate;
    GRPO/PPO: generation of prompts × completions at the decode rate plus the training pass), sets
    `max_steps` to them — so learning-rate schedules span the planned horizon — and `max_minutes` to the
-   allocation plus 15% as a safety cap (the trainers then refit the schedule if the cap binds).
+   allocation itself: the trainers time their own first steps and refit the schedule to the steps that
+   fit, so a machine slower than its calibration shortens the stage instead of overrunning the budget.
 
 The plan is written to runs/<experiment>/plan.json and reused by a rerun with the same budget, so the
 stages' settings (and cache keys) stay fixed. Simplified, and stated: no re-planning between stages;
@@ -210,7 +211,7 @@ def make_plan(stages: list[Any], budget_s: float, cal: Calibration, prompt_len: 
                               f"~{sum(evals.values()) / 60:.1f} min at the {cal.decode_tokens_per_s:.0f} tokens/s measured "
                               "here; raise the budget or shrink the evaluations")
         plan[st.name] = {"kind": st.kind, "allocation_s": round(alloc, 1), "step_s": round(per_step, 2),
-                         "max_steps": steps, "max_minutes": round(alloc * 1.15 / 60, 2),
+                         "max_steps": steps, "max_minutes": round(alloc / 60, 2),
                          "estimate_s": round(STAGE_OVERHEAD_S + steps * per_step, 1)}
     estimate = cal.seconds + REPORT_OVERHEAD_S + sum(p["estimate_s"] for p in plan.values())
     return {"budget_s": budget_s, "target_s": round(target, 1), "estimate_s": round(estimate, 1), "calibration": asdict(cal),

@@ -66,25 +66,29 @@ def fit_schedule(scheduler: Any, name: str, warmup_steps: int, horizon: int) -> 
 
 class StepBudget:
     """How many steps fit in `max_minutes`, measured on the run itself: steps 2..`measure_after` are timed
-    (step 1 pays one-off start-up costs) and the rest of the budget divided by their mean."""
+    (step 1 pays one-off start-up costs) and the rest of the budget divided by their mean. `horizon` is
+    called at the end of every step; `out_of_time` then says whether the next step, at the mean step time
+    so far, would end past the limit (a 30-s GRPO step started just before the limit overran it by 30 s)."""
 
     def __init__(self, max_minutes: float, measure_after: int = 3):
         self.seconds, self.measure_after = max_minutes * 60, measure_after
         self.start = time.perf_counter()
         self.after_first: float | None = None
+        self.per_step = 0.0  # mean step time after the first; 0 until two steps are done
 
     def out_of_time(self) -> bool:
-        return time.perf_counter() - self.start > self.seconds
+        return time.perf_counter() - self.start + self.per_step > self.seconds
 
     def horizon(self, step: int, planned: int) -> int | None:
         """At step `measure_after`: the steps that fit (at most `planned`); None at other steps."""
         now = time.perf_counter()
         if step == 1:
             self.after_first = now
+        elif self.after_first is not None:
+            self.per_step = (now - self.after_first) / (step - 1)
         if step != self.measure_after or self.after_first is None:
             return None
-        per_step = (now - self.after_first) / (step - 1)
-        fits = step + int(max(0.0, self.seconds - (now - self.start)) / max(per_step, 1e-9))
+        fits = step + int(max(0.0, self.seconds - (now - self.start)) / max(self.per_step, 1e-9))
         return max(step + 1, min(planned, fits))
 
 
