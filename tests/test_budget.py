@@ -189,3 +189,21 @@ def test_a_time_limit_does_not_start_a_step_that_would_end_past_it(monkeypatch):
         if limit.out_of_time():
             break
     assert steps == 3 and clock[0] <= 10  # a 4th step would have ended at 12 s
+
+
+def test_a_time_limit_stops_at_the_steps_its_schedule_was_refit_to(monkeypatch):
+    """The demo's SFT (9.6-minute limit) refit its cosine to 52 steps at step 3, then ran 57: the last
+    five at a learning rate of ~0. Steps that turn out faster than the first ones do not extend the run."""
+    from mathrl.train import common
+
+    clock = [0.0]
+    monkeypatch.setattr(common.time, "perf_counter", lambda: clock[0])
+    limit = common.StepBudget(max_minutes=20 / 60)  # 20 s; steps 1-3 take 3 s, later ones 1 s
+    steps, horizon = 0, None
+    while True:
+        clock[0] += 3.0 if steps < 3 else 1.0
+        steps += 1
+        horizon = limit.horizon(steps, planned=100) or horizon
+        if limit.out_of_time():
+            break
+    assert horizon == 6 and steps == 6  # at step 3: 11 s left at 3 s a step

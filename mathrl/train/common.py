@@ -67,21 +67,27 @@ def fit_schedule(scheduler: Any, name: str, warmup_steps: int, horizon: int) -> 
 class StepBudget:
     """How many steps fit in `max_minutes`, measured on the run itself: steps 2..`measure_after` are timed
     (step 1 pays one-off start-up costs) and the rest of the budget divided by their mean. `horizon` is
-    called at the end of every step; `out_of_time` then says whether the next step, at the mean step time
-    so far, would end past the limit (a 30-s GRPO step started just before the limit overran it by 30 s)."""
+    called at the end of every step; `out_of_time` then says whether to stop: the steps the schedule was
+    refit to are done (later steps would train at the schedule's end, a cosine's zero), or the next
+    step, at the mean step time so far, would end past the limit (a 30-s GRPO step started just before
+    the limit overran it by 30 s)."""
 
     def __init__(self, max_minutes: float, measure_after: int = 3):
         self.seconds, self.measure_after = max_minutes * 60, measure_after
         self.start = time.perf_counter()
         self.after_first: float | None = None
         self.per_step = 0.0  # mean step time after the first; 0 until two steps are done
+        self.step, self.stop_after = 0, None  # the last step seen; the refit horizon
 
     def out_of_time(self) -> bool:
+        if self.stop_after is not None and self.step >= self.stop_after:
+            return True
         return time.perf_counter() - self.start + self.per_step > self.seconds
 
     def horizon(self, step: int, planned: int) -> int | None:
         """At step `measure_after`: the steps that fit (at most `planned`); None at other steps."""
         now = time.perf_counter()
+        self.step = step
         if step == 1:
             self.after_first = now
         elif self.after_first is not None:
@@ -89,7 +95,8 @@ class StepBudget:
         if step != self.measure_after or self.after_first is None:
             return None
         fits = step + int(max(0.0, self.seconds - (now - self.start)) / max(self.per_step, 1e-9))
-        return max(step + 1, min(planned, fits))
+        self.stop_after = max(step + 1, min(planned, fits))
+        return self.stop_after
 
 
 def make_time_budget_callback(max_minutes: float, scheduler_name: str | None = None) -> Any:
