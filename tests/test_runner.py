@@ -389,8 +389,11 @@ def test_ctrl_c_during_an_evaluation_stops_the_run_and_keeps_what_it_wrote(tiny_
                            "max_new_tokens": 24}})
     chat, raw = runs / "tiny" / "eval/base/arithmetic-gsm8k-chat-0shot", runs / "tiny" / "eval/base/arithmetic-gsm8k-raw-0shot"
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    # as from a terminal: a job started in the background of a non-interactive shell (a CI script, `cmd &`)
+    # inherits SIGINT ignored, and Python then never raises KeyboardInterrupt for it
     proc = subprocess.Popen([sys.executable, "-m", "mathrl", "run", str(f), "--runs-dir", str(runs)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline, first = time.time() + 120, None
         while time.time() < deadline and proc.poll() is None:
