@@ -44,11 +44,9 @@ def _workload(task: str) -> dict:
 
 def weights_dtype(dtype: str) -> str:
     """--dtype as a concrete name: `auto` → what mathrl picks on this machine (bf16 or fp32)."""
-    import torch
+    from machine import auto_dtype
 
-    from mathrl import models
-
-    return dtype if dtype != "auto" else ("bf16" if models.pick_dtype("auto") == torch.bfloat16 else "fp32")
+    return dtype if dtype != "auto" else auto_dtype()
 
 
 def run_one(setting: str, steps: int, task: str, dtype: str = "auto") -> dict:

@@ -90,3 +90,12 @@ def gemm_peak_gflops(shapes: list[tuple[int, int]], rows: int, dtype, repeats: i
     rows = tokens of a batch), i.e. the matmul peak that 6·N·tokens/s is a share of."""
     flops = sum(2 * rows * k * n for k, n in shapes)
     return flops / gemm_seconds(shapes, rows, dtype, repeats, inner=1) / 1e9
+
+
+def auto_dtype() -> str:
+    """What mathrl's `--dtype auto` computes in on this machine, as a name: bf16 or fp32."""
+    import torch
+
+    from mathrl import models
+
+    return "bf16" if models.pick_dtype("auto") == torch.bfloat16 else "fp32"

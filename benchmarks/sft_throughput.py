@@ -89,12 +89,10 @@ def measure(name: str, steps: int, batch_size: int) -> dict:
 
 def compute_dtype(name: str) -> str:
     """The dtype a setting's matmuls run in: fp32, or bf16 (bf16 weights, or `auto` on a fast-bf16 CPU)."""
-    import torch
-
-    from mathrl import models
+    from machine import auto_dtype
 
     dtype = parse_setting(name)[1]
-    return "bf16" if dtype == "bf16" or (dtype == "auto" and models.pick_dtype("auto") == torch.bfloat16) else "fp32"
+    return auto_dtype() if dtype == "auto" else dtype
 
 
 def measured_peaks(dtypes: set[str], rows: int) -> dict[str, float]:
