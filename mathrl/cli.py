@@ -158,7 +158,7 @@ def data_linear(
     variables: str = typer.Option("2", help="2, 3 or 2-3 unknowns."),
     coef_range: int = typer.Option(9, help="Coefficients drawn from [-R, R]."),
     sol_range: int = typer.Option(10, help="Integer solutions drawn from [-R, R]."),
-    split: str = typer.Option("train", help="train or test stream (disjoint)."),
+    split: str = typer.Option("train", help="train or test stream (disjoint across every config, seed and size)."),
     out: Path = typer.Option(..., help="Output file (.json list or .jsonl)."),
 ) -> None:
     """Systems of linear equations with a unique integer solution and worked elimination steps."""
@@ -169,7 +169,7 @@ def data_linear(
 def data_arithmetic(
     n: int = typer.Option(1000), seed: int = typer.Option(0),
     levels: str = typer.Option("1-3", help="1, 2, 3, 1-2, 2-3 or 1-3."),
-    split: str = typer.Option("train", help="train or test stream (disjoint)."),
+    split: str = typer.Option("train", help="train or test stream (disjoint across every config, seed and size)."),
     out: Path = typer.Option(...),
 ) -> None:
     """The arithmetic ladder: one-step sums to three-step word problems, with worked solutions."""

@@ -45,3 +45,19 @@ def require_single_process(command: str) -> None:
         raise MathrlError(f"mathrl {command} runs as one process, but this launch started {n}; "
                           f"start it with `mathrl {command}` or `python -m mathrl {command}` (only sft, grpo and ppo "
                           "run under torchrun / accelerate launch)")
+
+
+def agree(values: list[float]) -> list[float]:
+    """Rank 0's `values` on every rank (a broadcast), or `values` unchanged without a process group.
+
+    For decisions every rank must take together (stop now, the schedule's horizon): each rank's own clock
+    would let one rank stop while another starts a step that waits for it in an all-reduce."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return list(values)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.broadcast(tensor, src=0)
+    return tensor.tolist()

@@ -221,7 +221,8 @@ def set_attention(model: Any, half_compute: bool) -> str:
     if half_compute and device.startswith("cpu"):
         from mathrl import cpu_attention
 
-        model.set_attn_implementation(cpu_attention.register())
+        if cpu_attention.supports(model.config) is None:  # else transformers' own kernel, slower but exact
+            model.set_attn_implementation(cpu_attention.register())
     elif half_compute and device.startswith("cuda") and flash_attention_available():
         try:
             model.set_attn_implementation("flash_attention_2")

@@ -4,7 +4,8 @@ Each line needs a completion; its gold answer comes either from the line itself 
 `gold`, or --gold-field), read by the task's own gold reader (so `--task asdiv` knows "9 (apples)"
 is 9 and "Mrs. Hilt" is text, `--task gsm_plus` that a missing gold means "cannot be answered"), or,
 with --data-dir, from the task's test split: lines are matched to samples by `id` (mathrl's sample
-id) or `doc_id` (a 0-based position in the test split, as lm-eval's sample logs write it), and the
+id) or `doc_id` (a 0-based row position in the source test split, as lm-eval's sample logs write it,
+counted before `exclude=` drops rows; a line naming a dropped row is an error), and the
 sample's answer type and metadata (level, subject, perturbation type) come along, so the summary
 breaks accuracy down as `mathrl eval` does. A completion may be a string or, as in lm-eval's
 `resps`, a list whose first string is taken.
@@ -28,12 +29,25 @@ def _completion(value: Any) -> str:
     return "" if value is None or isinstance(value, list) else str(value)
 
 
-def _sample_for(row: dict[str, Any], by_id: dict[str, Sample], samples: list[Sample], where: str) -> Sample:
-    if row.get("id") is not None and str(row["id"]) in by_id:
-        return by_id[str(row["id"])]
+def _sample_for(row: dict[str, Any], task: Task, by_id: dict[str, Sample], samples: list[Sample], where: str) -> Sample:
+    """The sample a line names: by mathrl's `id`, else by lm-eval's `doc_id`, a row position in the
+    task's source split counted before `exclude=` dropped rows (`task.doc_ids`). A line naming a
+    dropped row is an error: its gold is not in the loaded test set."""
+    ident = None if row.get("id") is None else str(row["id"])
+    if ident is not None and ident in by_id:
+        return by_id[ident]
     doc = row.get("doc_id")
-    if isinstance(doc, int) and 0 <= doc < len(samples):
-        return samples[doc]
+    if isinstance(doc, int) and not isinstance(doc, bool):
+        ids = task.doc_ids if task.doc_ids is not None else [s.id for s in samples]
+        if not 0 <= doc < len(ids):
+            raise MathrlError(f"{where}: doc_id {doc} is not a row of the task's test split (rows 0-{len(ids) - 1})")
+        ident = ids[doc]
+        if ident in by_id:
+            return by_id[ident]
+    if ident is not None and ident in task.dropped:
+        named = f"doc_id {doc} ({ident})" if isinstance(doc, int) else f"id {ident}"
+        raise MathrlError(f"{where}: {named} was excluded by exclude={task.dropped[ident]}; "
+                          f"grade without that exclude= kind, or leave such lines out")
     raise MathrlError(f"{where}: no 'id' or 'doc_id' naming one of the task's {len(samples)} test samples")
 
 
@@ -52,7 +66,7 @@ def regrade(input: str | Path, task_name: str = "gsm8k", format_name: str = "gsm
             raise MathrlError(f"{where}: missing field {completion_field!r}")
         extra: dict[str, Any] = {}
         if data_dir:
-            sample = _sample_for(row, by_id, samples, where)
+            sample = _sample_for(row, task, by_id, samples, where)
             gold, kind = sample.answer, task.sample_answer_type(sample)
             extra = {"id": sample.id, "gold": gold} | {k: sample.meta[k] for k in BREAKDOWN_KEYS[:-1] if k in sample.meta}
         else:

@@ -1,5 +1,5 @@
 """The report on the console (rich): the comparison table, the one-factor paired tests, the seeds'
-spread and pooled tests, and where report.html is — what `mathrl report` and `mathrl run` print."""
+spread and tests over questions, and where report.html is — what `mathrl report` and `mathrl run` print."""
 
 from __future__ import annotations
 
@@ -28,14 +28,15 @@ def print_report(res: dict[str, Any], max_pairs: int = 20) -> None:
 
 
 def print_seeds(res: dict[str, Any], console: Any, max_pairs: int = 20) -> None:
-    """Experiments with a seeds axis: each replicated number's spread, then the pooled tests."""
+    """Experiments with a seeds axis: each replicated number's spread, then the tests over questions."""
     for r in res.get("seeds", []):
         console.print(f"{r['model']} · {r['setting']} over seeds {r['seeds']}: {r['mean_strict'] * 100:.1f}% mean strict, "
                       f"sd {(r['sd_strict'] or 0) * 100:.1f} points, range [{r['min_strict'] * 100:.1f}, {r['max_strict'] * 100:.1f}]")
     for p in res.get("pooled", [])[:max_pairs]:
-        console.print(f"{p['b']} vs {p['a']} pooled over seed pairs {', '.join(p['seed_pairs'])}: "
-                      f"{p['mean_diff'] * 100:+.1f} points mean (sd {(p['sd_diff'] or 0) * 100:.1f}), "
-                      f"only A right {p['a_right_b_wrong']}, only B right {p['a_wrong_b_right']}, pooled McNemar p = {p['p_value']:.3g}")
+        console.print(f"{p['b']} vs {p['a']} over seed pairs {', '.join(p['seed_pairs'])} ({p['n_questions']} questions): "
+                      f"{p['mean_diff'] * 100:+.1f} points mean [{p['diff_ci_low'] * 100:+.1f}, {p['diff_ci_high'] * 100:+.1f}] "
+                      f"(sd over seed pairs {(p['sd_diff'] or 0) * 100:.1f}), questions A better {p['questions_a_better']}, "
+                      f"B better {p['questions_b_better']}, {p['test']} p = {p['p_value']:.3g}")
 
 
 def print_comparison(comparison: list[dict[str, Any]], metric: str = "strict", title: str = "Accuracy") -> None:

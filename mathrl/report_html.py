@@ -169,7 +169,7 @@ def drilldown_section(sec: str, task: str, evals: list[Any], metric: str, max_qu
 
 
 def seeds_section(seeds: list[dict[str, Any]], pooled: list[dict[str, Any]]) -> str:
-    """Mean and spread across training seeds, and seed-matched pooled McNemar tests (report_seeds)."""
+    """Mean and spread across training seeds, and seed-matched tests over questions (report_seeds)."""
     if not seeds:
         return ""
     rows = [[_td(escape(str(r["model"]))), _td(escape(r["task"])), _td(escape(str(r["setting"]))),
@@ -179,17 +179,22 @@ def seeds_section(seeds: list[dict[str, Any]], pooled: list[dict[str, Any]]) -> 
              _td(" / ".join(_pct(a) for a in r["per_seed_strict"]), "num")] for r in seeds]
     table = _table(["model", "task", "setting", "seeds", "mean strict", "sd", "range", "per seed"], rows)
     prow = [[_td(escape(r["task"])), _td(escape(r["a"])), _td(escape(r["b"])), _td(escape(r["varies"])),
-             _td(escape(", ".join(r["seed_pairs"]))), _td(f"{r['mean_diff'] * 100:+.1f} pts", "num"),
+             _td(escape(", ".join(r["seed_pairs"]))), _td(str(r["n_questions"]), "num"),
+             _td(f"{r['mean_diff'] * 100:+.1f} pts [{r['diff_ci_low'] * 100:+.1f}, {r['diff_ci_high'] * 100:+.1f}]", "num"),
              _td("" if r["sd_diff"] is None else f"{r['sd_diff'] * 100:.1f} pts", "num"),
-             _td(str(r["a_right_b_wrong"]), "num"), _td(str(r["a_wrong_b_right"]), "num"),
+             _td(str(r["questions_a_better"]), "num"), _td(str(r["questions_b_better"]), "num"),
              _td(f"{r['p_value']:.3g}", "num" + (" sig" if r["p_value"] < 0.05 else ""))] for r in pooled]
-    ptable = _table(["task", "A", "B", "differ in", "seed pairs (A/B)", "mean B − A", "sd of B − A", "A right, B wrong",
-                     "A wrong, B right", "pooled McNemar p"], prow, "paired") if pooled else ""
+    ptable = _table(["task", "A", "B", "differ in", "seed pairs (A/B)", "questions", "mean B − A [95% CI]",
+                     "sd of B − A over seed pairs", "questions A better", "questions B better",
+                     "sign-flip p (over questions)"], prow, "paired") if pooled else ""
     return f"""<h2>Across training seeds</h2>
 <p>Each replicated model trained once per seed: the mean and sample standard deviation of its accuracy
 across seeds (training randomness), beside the per-run intervals above (question sampling only).
-Pooled tests sum the discordant questions of seed-matched pairs (an untrained model pairs with every
-replica) and apply McNemar's exact test.</p>
+Tests over seed-matched pairs (an untrained model pairs with every replica) take the question as the
+unit: per question, B's mean verdict over its replicas minus A's, tested with an exact two-sided
+sign-flip test over the questions (McNemar's exact test when each side has one replica), with a
+normal interval over questions. A question counts once however many seeds there are; the p-value is
+given the replicas trained, the sd over seed pairs shows the training randomness.</p>
 {table}{ptable}"""
 
 

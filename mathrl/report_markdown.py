@@ -1,5 +1,5 @@
 """The report as Markdown (report.md): the comparison table, the one-factor paired tests and, for an
-experiment with seeds, the spread across seeds and the pooled tests — ready to paste into notes, a
+experiment with seeds, the spread across seeds and the tests over questions — ready to paste into notes, a
 README or docs/evidence.md. The numbers are report.json's; nothing is computed here."""
 
 from __future__ import annotations
@@ -49,12 +49,14 @@ def seed_lines(seeds: list[dict[str, Any]], pooled: list[dict[str, Any]]) -> lis
                    f"{_pct(r['mean_strict'])} | {sd} | {_pct(r['min_strict'])}–{_pct(r['max_strict'])} | "
                    f"{' / '.join(_pct(a) for a in r['per_seed_strict'])} |")
     if pooled:
-        out += ["", "Pooled over seed-matched pairs (discordant counts summed, McNemar exact):", ""]
+        out += ["", "Over seed-matched pairs, the question as the unit (per-question mean difference across seeds, "
+                "exact sign-flip test over questions; normal interval over questions):", ""]
         for p in pooled:
             sd = "–" if p["sd_diff"] is None else f"{p['sd_diff'] * 100:.1f}"
-            out.append(f"- {p['b']} vs {p['a']} ({p['task']}; pairs {', '.join(p['seed_pairs'])}): mean "
-                       f"**{_pts(p['mean_diff'])} points** (sd {sd}), {p['a_right_b_wrong']} vs {p['a_wrong_b_right']} "
-                       f"flips, pooled p = {p['p_value']:.2g}")
+            out.append(f"- {p['b']} vs {p['a']} ({p['task']}; pairs {', '.join(p['seed_pairs'])}; {p['n_questions']} "
+                       f"questions): mean **{_pts(p['mean_diff'])} points** [{_pts(p['diff_ci_low'])}, "
+                       f"{_pts(p['diff_ci_high'])}] (sd over seed pairs {sd}), {p['questions_a_better']} vs "
+                       f"{p['questions_b_better']} questions, {p['test']} p = {p['p_value']:.2g}")
     return out
 
 

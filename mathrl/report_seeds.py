@@ -1,4 +1,4 @@
-"""Seeds as an axis: the spread of replicated numbers across training seeds, and pooled paired tests.
+"""Seeds as an axis: the spread of replicated numbers across training seeds, and paired tests over questions.
 
 An experiment with `seeds: [0, 1, 2]` trains every stage once per seed (`sft-s0`, `sft-s1`, ...); its
 manifest names, for each evaluation, the stage it replicates (`replica_of`) and the seed. Here:
@@ -8,11 +8,14 @@ manifest names, for each evaluation, the stage it replicates (`replica_of`) and 
   of comparison.csv, which only cover question sampling, not training randomness.
 - `pooled_rows`: A vs B on the same task, differing in one factor (the model or the eval setting),
   with seeds matched (replica s of A against replica s of B; an unreplicated model, such as the
-  base, against every replica). The discordant counts of the seed pairs are summed and tested with
-  McNemar's exact test — the stratified (Mantel–Haenszel-style) pooling of matched pairs. Simplified,
-  and stated: the same question appears once per seed, so the pooled pairs are not independent
-  draws of questions; the test says whether the difference is consistent across the seed pairs run
-  here, and the per-seed differences (their mean and spread, also given) say how much it varies.
+  base, against every replica). The unit of inference is the question, not the (question, seed)
+  pair: per question, d_q = (B's mean verdict over its replicas) - (A's), tested with an exact
+  two-sided sign-flip test over the questions (`stats.question_sign_flip`; with one replica each,
+  McNemar's exact test), with a normal interval of mean(d_q) over questions. Summing discordant
+  counts over seed pairs (what this did before) counts a question once per seed — an unreplicated
+  model's verdicts once per replica — and was anti-conservative (3 identical replicas: p 0.082 ->
+  0.0017). The per-seed differences (their sd, also given) say how much the result varies with
+  training randomness, which the p-value, given the replicas trained, does not cover.
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ from mathrl import stats
 
 SEED_COLUMNS = ("model", "method", "task", "setting", "n_seeds", "seeds", "mean_strict", "sd_strict", "min_strict",
                 "max_strict", "mean_flexible", "sd_flexible", "per_seed_strict")
-POOLED_COLUMNS = ("task", "a", "b", "varies", "metric", "seed_pairs", "n_pairs", "mean_a", "mean_b", "mean_diff",
-                  "sd_diff", "a_right_b_wrong", "a_wrong_b_right", "p_value")
+POOLED_COLUMNS = ("task", "a", "b", "varies", "metric", "seed_pairs", "n_questions", "n_a", "n_b", "mean_a", "mean_b",
+                  "mean_diff", "diff_ci_low", "diff_ci_high", "sd_diff", "questions_a_better", "questions_b_better",
+                  "test", "p_value")
+TEST_NAME = "sign-flip over questions"
 
 
 def _group(ev: Any) -> str:
@@ -55,7 +60,7 @@ def seed_rows(comparison: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def pooled_rows(evals: list[Any], metric: str) -> list[dict[str, Any]]:
-    """Seed-matched, pooled McNemar for every one-factor pair of groups where a group is replicated."""
+    """Seed-matched A vs B, tested over questions, for every one-factor pair of groups where a group is replicated."""
     by_group: dict[tuple[str, str, str], dict[int | None, Any]] = defaultdict(dict)
     for ev in evals:
         by_group[(_group(ev), ev.task, ev.setting)][ev.seed] = ev
@@ -70,30 +75,43 @@ def pooled_rows(evals: list[Any], metric: str) -> list[dict[str, Any]]:
             if set(a) == {None} and set(b) == {None}:
                 continue  # neither replicated: paired.csv has it
             pairs = _match(a, b)
-            if not pairs:
-                continue
-            only_a = only_b = n = 0
-            diffs, acc_a, acc_b = [], [], []
-            for ea, eb in pairs:
-                _, va, vb = stats.pair_verdicts(ea.rows.values(), eb.rows.values(), metric)
-                if not va:
-                    continue
-                x, y = stats.discordant_counts(va, vb)
-                only_a, only_b, n = only_a + x, only_b + y, n + len(va)
-                acc_a.append(sum(va) / len(va))
-                acc_b.append(sum(vb) / len(vb))
-                diffs.append(acc_b[-1] - acc_a[-1])
-            if not diffs:
+            row = _pool(pairs, metric) if pairs else None
+            if row is None:
                 continue
             out.append({"task": task, "a": f"{ga} · {sa}", "b": f"{gb} · {sb}",
                         "varies": "model" if ga != gb else "setting", "metric": metric,
                         "seed_pairs": [f"{ea.seed if ea.seed is not None else '-'}/{eb.seed if eb.seed is not None else '-'}"
-                                       for ea, eb in pairs],
-                        "n_pairs": n, "mean_a": round(statistics.fmean(acc_a), 4), "mean_b": round(statistics.fmean(acc_b), 4),
-                        "mean_diff": round(statistics.fmean(diffs), 4),
-                        "sd_diff": round(statistics.stdev(diffs), 4) if len(diffs) > 1 else None,
-                        "a_right_b_wrong": only_a, "a_wrong_b_right": only_b, "p_value": stats.mcnemar_p(only_a, only_b)})
+                                       for ea, eb in pairs]} | row)
     return out
+
+
+def _pool(pairs: list[tuple[Any, Any]], metric: str) -> dict[str, Any] | None:
+    """The pooled numbers of seed pairs, over the questions every evaluation of both sides holds: each
+    side's distinct evaluations give per-question verdict lists (an unreplicated model: one verdict)."""
+    side_a = list({id(ea): ea for ea, _ in pairs}.values())
+    side_b = list({id(eb): eb for _, eb in pairs}.values())
+    key = f"correct_{metric}"
+    firsts = {id(ev): stats.first_sample_by_id(ev.rows.values()) for ev in side_a + side_b}
+    shared = set.intersection(*(set(f) for f in firsts.values()))
+    ids = [q for q in firsts[id(side_a[0])] if q in shared]
+    if not ids:
+        return None
+
+    def verdicts(ev: Any) -> list[bool]:
+        return [bool(firsts[id(ev)][q].get(key)) for q in ids]
+
+    va, vb = {id(ev): verdicts(ev) for ev in side_a}, {id(ev): verdicts(ev) for ev in side_b}
+    diffs = [(sum(vb[id(eb)]) - sum(va[id(ea)])) / len(ids) for ea, eb in pairs]
+    test = stats.question_sign_flip([[va[id(ev)][i] for ev in side_a] for i in range(len(ids))],
+                                    [[vb[id(ev)][i] for ev in side_b] for i in range(len(ids))])
+    return {"n_questions": len(ids), "n_a": len(side_a), "n_b": len(side_b),
+            "mean_a": round(statistics.fmean(sum(v) / len(ids) for v in va.values()), 4),
+            "mean_b": round(statistics.fmean(sum(v) / len(ids) for v in vb.values()), 4),
+            "mean_diff": round(test["mean_diff"], 4), "diff_ci_low": round(test["ci_low"], 4),
+            "diff_ci_high": round(test["ci_high"], 4),
+            "sd_diff": round(statistics.stdev(diffs), 4) if len(diffs) > 1 else None,
+            "questions_a_better": test["a_better"], "questions_b_better": test["b_better"],
+            "test": TEST_NAME, "p_value": test["p_value"]}
 
 
 def _match(a: dict[int | None, Any], b: dict[int | None, Any]) -> list[tuple[Any, Any]]:

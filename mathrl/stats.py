@@ -1,4 +1,5 @@
-"""Statistics for comparing evaluations: bootstrap intervals, McNemar's exact test, pairing by question.
+"""Statistics for comparing evaluations: bootstrap intervals, McNemar's exact test, pairing by question,
+and an exact sign-flip test over questions for replicated (several-seed) models.
 
 Accuracy on a fixed test set is a mean of 0/1 verdicts, so two models evaluated on the same questions
 are best compared question by question (paired): only the questions where they disagree carry
@@ -108,6 +109,56 @@ def mcnemar_p(b: int, c: int) -> float:
     tail = sum(math.comb(n, i) for i in range(min(b, c) + 1))
     # integer true division is exact-then-rounded in Python, even for 2**n far beyond float range
     return min(1.0, 2 * tail / 2**n)
+
+
+def sign_flip_p(values: Sequence[int]) -> float:
+    """Two-sided exact sign-flip p-value of integers v_q: P(|sum of s_q * |v_q|| >= |sum of v_q|) with
+    independent fair signs s_q (H0: each v_q is symmetric about 0). Exact at any size: the |v_q| that
+    are equal to k contribute k * (2 * Binomial(c_k, 1/2) - c_k), and the few such lattices are convolved.
+    On values in {-1, 0, 1} it is McNemar's exact test (c_1 = b + c)."""
+    mags = np.abs(np.asarray(values, dtype=np.int64))
+    observed = abs(int(np.sum(values, dtype=np.int64)))
+    if observed == 0:
+        return 1.0
+    dist = np.ones(1)  # dist[i] = P(sum = i - offset); offset grows with each lattice
+    for k, c in zip(*np.unique(mags[mags > 0], return_counts=True)):
+        k, c = int(k), int(c)
+        lattice = np.zeros(2 * k * c + 1)
+        lattice[::2 * k] = [math.comb(c, i) / 2**c for i in range(c + 1)]  # exact-then-rounded, as mcnemar_p
+        dist = np.convolve(dist, lattice)
+    offset = (len(dist) - 1) // 2
+    sums = np.abs(np.arange(len(dist)) - offset)
+    return min(1.0, float(dist[sums >= observed].sum()))
+
+
+def question_sign_flip(a: Sequence[Sequence[bool]], b: Sequence[Sequence[bool]], z: float = 1.96) -> dict[str, Any]:
+    """B vs A over questions when either or both are replicated (several training seeds).
+
+    a[q] / b[q]: the verdicts on question q of each replica of A / B (an unreplicated model: one). The
+    unit is the question: d_q = mean over B's replicas - mean over A's replicas, and H0 is that each d_q
+    is symmetric about 0, tested exactly with `sign_flip_p` (two-sided) on the numerators of d_q over
+    a common denominator. The interval of mean(d_q) is the normal one over questions (cluster-robust:
+    a question's replicas are not independent draws). One replica each: d_q is in {-1, 0, 1} and the
+    test is McNemar's exact test. Simplified, and stated: the test is over question sampling given the
+    replicas that were trained (training randomness is what the spread across seeds describes, not
+    this p-value); averaging the replicas removes noise from d_q, and repeating a replica (or pairing
+    an unreplicated model with every replica) adds no evidence, because a question counts once."""
+    if len(a) != len(b):
+        raise ValueError(f"per-question verdicts differ in length: {len(a)} vs {len(b)}")
+    if any(not len(x) for x in [*a, *b]):
+        raise ValueError("every question needs at least one verdict from each side")
+    n = len(a)
+    if n == 0:
+        return {"n_questions": 0, "mean_diff": 0.0, "ci_low": 0.0, "ci_high": 0.0, "a_better": 0, "b_better": 0,
+                "p_value": 1.0}
+    denom = math.lcm(*{len(x) for x in [*a, *b]})
+    num = np.array([sum(map(bool, y)) * (denom // len(y)) - sum(map(bool, x)) * (denom // len(x))
+                    for x, y in zip(a, b)], dtype=np.int64)
+    d = num / denom
+    mean = float(d.mean())
+    se = float(d.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+    return {"n_questions": n, "mean_diff": mean, "ci_low": mean - z * se, "ci_high": mean + z * se,
+            "a_better": int((num < 0).sum()), "b_better": int((num > 0).sum()), "p_value": sign_flip_p(num)}
 
 
 def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> dict[str, Any]:

@@ -43,3 +43,32 @@ def test_gqa_attention_gradients_match_eager(tiny_model_dir):
         grads[impl] = model.model.layers[0].self_attn.q_proj.weight.grad.clone()
     a, b = grads.values()
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_gqa_attention_applies_softcap_as_gemma2_eager_does_and_refuses_sinks():
+    """The kernel ignored `softcap` and `s_aux`: a Gemma 2 (soft-capped logits) or gpt-oss (sinks) model
+    routed to it got other attention outputs with no error."""
+    import pytest
+    from transformers.models.gemma2.modeling_gemma2 import eager_attention_forward
+
+    torch.manual_seed(0)
+    batch, heads, kv_heads, length, dim = 2, 4, 2, 7, 8
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.training = heads // kv_heads, False
+    q = torch.randn(batch, heads, length, dim) * 4  # large logits, so the cap changes them
+    k, v = torch.randn(batch, kv_heads, length, dim) * 4, torch.randn(batch, kv_heads, length, dim)
+    mask = torch.triu(torch.full((length, length), float("-inf")), 1)[None, None].expand(batch, 1, -1, -1)
+    ref, _ = eager_attention_forward(module, q, k, v, mask, scaling=dim ** -0.5, softcap=2.0)
+    got, _ = cpu_attention.gqa_attention_forward(module, q, k, v, mask, scaling=dim ** -0.5, softcap=2.0)
+    uncapped, _ = cpu_attention.gqa_attention_forward(module, q, k, v, mask, scaling=dim ** -0.5)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(uncapped, ref, atol=1e-3)  # the cap matters at these logits: the check is not vacuous
+    with pytest.raises(NotImplementedError, match="attention sinks"):
+        cpu_attention.gqa_attention_forward(module, q, k, v, mask, scaling=dim ** -0.5, s_aux=torch.zeros(heads))
+
+
+def test_models_with_attention_sinks_are_not_routed_to_the_kernel():
+    from types import SimpleNamespace
+
+    assert cpu_attention.supports(SimpleNamespace(model_type="gpt_oss")) is not None
+    assert cpu_attention.supports(SimpleNamespace(model_type="llama")) is None

@@ -20,12 +20,14 @@ pytestmark = pytest.mark.skipif(not (torch.distributed.is_available() and torch.
                                 reason="torch.distributed with gloo is not available")
 
 
-def torchrun(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict[int, list[dict]]]:
+def torchrun(tmp_path: Path, *args: str, env_extra: dict[str, str] | None = None,
+             ) -> tuple[subprocess.CompletedProcess, dict[int, list[dict]]]:
     """`torchrun --standalone --nproc_per_node 2 -m mathrl ARGS`; returns the process and each rank's probe events."""
     probe_dir = tmp_path / "probe"
     probe_dir.mkdir()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(PROBE), str(REPO_ROOT)]), MATHRL_PROBE_DIR=str(probe_dir),
-               OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+               OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               **(env_extra or {}))
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "mathrl", *args]
@@ -148,3 +150,20 @@ def test_torchrun_grpo_dynamic_sampling_refills_one_rank_only(tiny_model_dir, tm
         # are then refilled); rank 0 needs 2 groups in each of the 2 rounds, so both ranks generate 2 per round
         assert 0.5 <= row["dynamic/zero_std_after"] <= row["dynamic/zero_std_before"]
         assert (row["dynamic/refills"], row["dynamic/extra_prompts"]) == (2, 8)
+
+
+@pytest.mark.parametrize("trainer", ["sft", "ppo"])
+def test_a_time_budget_is_decided_on_rank_0_for_every_rank(tiny_model_dir, tmp_path, trainer):
+    """Each rank used to judge `--max-minutes` on its own clock: here rank 1's runs 200x fast, so it stopped
+    after a step or two while rank 0 went on into an all-reduce that never came (a hang). Rank 0 now
+    decides the stop and the horizon for both, so both run the same steps and end with the same weights."""
+    out = tmp_path / trainer
+    common = ["--model", str(tiny_model_dir), "--task", "arithmetic", "--task-config", "1", "--num-samples", "16",
+              "--max-steps", "5", "--dtype", "fp32", "--output-dir", str(out), "--max-minutes", "0.5"]
+    extra = (["--batch-size", "2"] if trainer == "sft" else
+             ["--prompts-per-step", "2", "--mini-batch-size", "2", "--max-completion-length", "8",
+              "--rewards", "probe_rewards.distinct_chars", "--lr", "1e-2"])
+    proc, events = torchrun(tmp_path, trainer, *common, *extra, env_extra={"MATHRL_PROBE_FAST_CLOCK": "1:200"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert json.loads((out / "mathrl_config.json").read_text())["global_step"] == 5  # rank 0's clock: all 5 fit
+    check_same_weights(events, 5)

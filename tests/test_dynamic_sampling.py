@@ -259,3 +259,49 @@ def test_reward_hacking_alarm_reads_the_batches_as_drawn():
 
     assert "reward hacking" in hacking_alarm(rows(rising, flat), window=10)
     assert hacking_alarm(rows(flat, rising), window=10) is None
+
+
+GRADED: list[int] = []
+
+if "counted_half_constant" not in REWARDS:
+    @register_reward("counted_half_constant", description="test reward: half_constant, counting the completions graded")
+    def counted_half_constant(completions, answer, log_extra=None, **kwargs):
+        GRADED.append(len(completions))
+        if log_extra is not None:  # a per-row column, to check that it follows its rows into the trained batch
+            log_extra("graded_answer", [str(a) for a in answer])
+        return [0.0 if _constant(a) else len(set(c)) / 20.0 for c, a in zip(completions, answer)]
+
+
+@pytest.mark.parametrize("refills", [0, 2])
+def test_every_completion_is_graded_once(tiny_model_dir, tmp_path, refills):
+    """Dynamic sampling graded the final batch a second time in TRL's pass (costly, and Math-Verify's
+    wall-clock timeout could give another verdict than the one that chose the batch); TRL's pass now
+    reuses the verdicts, and the reward functions' per-row logs describe the rows trained."""
+    trainer, _, _ = build_trainer(dyn_cfg(tiny_model_dir, tmp_path, rewards="counted_half_constant", max_steps=2,
+                                          max_refills=refills))
+    generated, extra_seen, last_rows = [], [], []
+    gen_single, gen_score, calc = (trainer._generate_single_turn, trainer._generate_and_score_completions,
+                                   trainer._calculate_rewards)
+
+    def count(prompt_ids, *a, **k):
+        replay = trainer._replay is not None  # TRL's pass on the final batch: completions replayed, not drawn
+        ids, logps = gen_single(prompt_ids, *a, **k)
+        generated.append(0 if replay else len(ids))
+        return ids, logps
+
+    def calculate(inputs, *a):
+        last_rows[:] = list(inputs)
+        return calc(inputs, *a)
+
+    def score(inputs):
+        out = gen_score(inputs)
+        extra_seen.append((list(trainer._logs["extra"]["graded_answer"])[-len(last_rows):],
+                           [str(r["answer"]) for r in last_rows]))
+        return out
+
+    trainer._generate_single_turn, trainer._calculate_rewards = count, calculate
+    trainer._generate_and_score_completions = score
+    GRADED.clear()
+    trainer.train()
+    assert sum(GRADED) == sum(generated) > 0  # the old code graded sum(generated) + the rows of every step
+    assert len(extra_seen) == 2 and all(logged == trained for logged, trained in extra_seen)

@@ -292,3 +292,51 @@ def test_qlora_grpo_needs_cuda_and_says_so_before_loading(tiny_model_dir, tmp_pa
         pytest.skip("has CUDA")
     with pytest.raises(MathrlError, match="qlora needs a CUDA GPU"):
         build_trainer(cfg)
+
+
+def test_the_ddp_pass_keeps_the_forward_accelerate_installed(tmp_path):
+    """`_through_wrapper` deleted the inner module's instance `forward` after its pass: under accelerate's
+    mixed precision that is the autocast wrapper, so every later forward ran without autocast."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from mathrl.train.fast_grpo import _through_wrapper
+
+    if not dist.is_gloo_available():
+        pytest.skip("gloo is not available")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        inner = torch.nn.Linear(3, 3)
+        plain = inner.forward
+        inner.forward = lambda x: plain(x) * 0 + 7  # what accelerate does: an instance attribute wrapping forward
+        wrapped = DistributedDataParallel(inner)
+        x = torch.ones(1, 3)
+        out = _through_wrapper(wrapped, lambda: plain(x).sum())
+        out.backward()
+        assert inner.weight.grad is not None  # the pass ran inside DDP's forward
+        assert torch.equal(wrapped(x), torch.full((1, 3), 7.0)), "the installed forward was lost"
+    finally:
+        dist.destroy_process_group()
+
+
+def test_completions_that_end_at_a_stop_string_are_not_truncated(tiny_model_dir, tmp_path):
+    """They end on the stop's last token, not EOS, and TRL's rule (last id in EOS + pad) flagged them:
+    `completions/clipped_ratio` was inflated and `mask_truncated_completions` dropped finished completions."""
+    trainer, _, _ = build_trainer(make_cfg(tiny_model_dir, tmp_path, mask_truncated_completions=True,
+                                           dynamic_sampling=False, chat_template=False))
+    tok = trainer.processing_class
+    assert trainer.decoding.stop  # raw prompts stop at the next "Question:"
+    stop = tok(trainer.decoding.stop[0], add_special_tokens=False)["input_ids"]
+    filler = [t for t in range(5, 400) if t not in trainer.eos_token_ids and t != tok.pad_token_id
+              and not set(tok.decode([t])) & set("Q\n")][:8]
+    # per group of 4: two end at the stop string, one at EOS, one runs to the 8-token limit
+    fixed = [filler[:2] + stop, filler[2:3] + stop, filler[:3] + [tok.eos_token_id], filler[:8]]
+    assert len(fixed[3]) == trainer.max_completion_length
+    trainer._generate_single_turn = lambda prompt_ids, *a, **k: ([fixed[i % 4] for i in range(len(prompt_ids))], None)
+    trainer.model.train()
+    rows = [dict(trainer.train_dataset[g]) for g in range(2) for _ in range(4)]
+    out = trainer._generate_and_score_completions(rows)
+    assert trainer._metrics["train"]["completions/clipped_ratio"][-1] == 0.25  # TRL's rule: 0.75
+    kept = out["completion_mask"].sum(1).tolist()
+    assert kept == [len(fixed[i % 4]) if i % 4 != 3 else 0 for i in range(8)]  # TRL's: only the EOS rows kept
+    assert int(out["num_items_in_batch"]) == sum(kept)

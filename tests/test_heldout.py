@@ -312,3 +312,42 @@ def test_grade_breakdown_and_wrong_answers(tmp_path):
     bad = write_rows(tmp_path / "bad.jsonl", [{"id": "nope", "completion": "x"}])
     res = runner.invoke(app, ["grade", "--task", "gsm_plus", "--data-dir", str(FIXTURES), "--input", str(bad)])
     assert res.exit_code != 0 and f"{bad}:1: no 'id' or 'doc_id'" in str(res.exception)
+
+
+def test_grade_doc_id_is_the_row_of_the_unfiltered_file_with_exclude(tmp_path):
+    """lm-eval's doc_id numbers the dataset's rows; `exclude=` must not shift which question it names."""
+    raw = raw_rows(FIXTURES / "gsm_plus" / "test.jsonl")
+    dropped = [i for i, r in enumerate(raw) if r["answer"] in (None, "None")]
+    assert dropped == [7, 9]  # so doc 8 is the 8th kept sample, doc 10's row has gold 5600
+    kept = [i for i in range(len(raw)) if i not in dropped]
+    args = ["grade", "--task", "gsm_plus", "--data-dir", str(FIXTURES), "--task-arg", "exclude=no_answer",
+            "--completion-field", "resps", "--format", "gsm8k"]
+    # the reported case: doc 8's right answer "#### 56" graded against doc 8's gold, not doc 10's 5600
+    out = tmp_path / "doc8.jsonl"
+    inp = write_rows(tmp_path / "doc8-in.jsonl",
+                     [{"doc_id": 8, "resps": [["#### 56"]]}, {"doc_id": 6, "resps": [["#### 17"]]}])
+    res = runner.invoke(app, [*args, "--input", str(inp), "--output", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    assert [(g["id"], g["gold"]) for g in raw_rows(out)] == [("gsm_plus-test-8", "56"), ("gsm_plus-test-6", "17")]
+    assert json.loads(res.output.strip().splitlines()[-1])["accuracy_strict"] == 1.0
+    # lm-eval sample log lines: doc_id and resps, each the right answer of its own row
+    rows = [{"doc_id": i, "resps": [[f"Working.\n#### {raw[i]['answer']}"]]} for i in kept]
+    inp = write_rows(tmp_path / "lm_eval_samples.jsonl", rows)
+    out = tmp_path / "graded.jsonl"
+    res = runner.invoke(app, [*args, "--input", str(inp), "--output", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output.strip().splitlines()[-1])
+    graded = raw_rows(out)
+    assert [g["id"] for g in graded] == [f"gsm_plus-test-{i}" for i in kept]
+    assert [g["gold"] for g in graded] == [answers.read_gold(raw[i]["answer"], text=True)[0] for i in kept]
+    assert summary["n"] == len(kept) and summary["accuracy_strict"] == 1.0 and summary["accuracy_flexible"] == 1.0
+    # an excluded row, or one past the end, is a one-line error naming the doc_id, not a silent regrade
+    past_end = f"doc_id {len(raw)} is not a row of the task's test split (rows 0-{len(raw) - 1})"
+    for doc, message in ((7, "doc_id 7 (gsm_plus-test-7) was excluded by exclude=no_answer"), (len(raw), past_end)):
+        bad = write_rows(tmp_path / f"bad{doc}.jsonl", [{"doc_id": doc, "resps": [["#### 1"]]}])
+        res = runner.invoke(app, [*args, "--input", str(bad)])
+        assert res.exit_code != 0 and isinstance(res.exception, MathrlError), res.output
+        assert f"{bad}:1: {message}" in str(res.exception)
+    # without exclude= every row is graded at its own position, the no-answer ones included
+    samples = get_task("gsm_plus", data_dir=str(FIXTURES)).load_test()
+    assert [s.id for s in samples] == [f"gsm_plus-test-{i}" for i in range(len(raw))]

@@ -1,4 +1,4 @@
-"""Seeds as an experiment axis, eval variants, and the report's spread across seeds / pooled tests."""
+"""Seeds as an experiment axis, eval variants, and the report's spread across seeds / tests over questions."""
 
 from __future__ import annotations
 
@@ -101,10 +101,8 @@ def test_a_variant_may_not_set_a_grid_axis(tmp_path):
         expand(tmp_path, VARIANTS.replace('plain: {system_prompt: ""}', "plain: {shots: 3}"))
 
 
-def test_report_gives_spread_across_seeds_and_pooled_mcnemar(tmp_path):
+def _seeded_run(tmp_path: Path, base: list[bool], sft: dict[int, list[bool]]) -> Path:
     root = tmp_path / "x"
-    base = [True] * 2 + [False] * 8
-    sft = {0: [True] * 6 + [False] * 4, 1: [True] * 8 + [False] * 2, 2: [True] * 4 + [False] * 6}
     stages = {"eval/base/t": {"kind": "eval", "model": "base", "method": "base", "setting": "t",
                               "output_dir": "eval/base/t", "seed": None, "replica_of": None}}
     write_eval(root / "eval" / "base" / "t", {"name": "smollm2-135m", "kind": "embedded"}, base)
@@ -114,23 +112,47 @@ def test_report_gives_spread_across_seeds_and_pooled_mcnemar(tmp_path):
         stages[name] = {"kind": "eval", "model": f"sft-s{seed}", "method": "sft", "setting": "t", "output_dir": name,
                         "seed": seed, "replica_of": "sft"}
     (root / "experiment.json").write_text(json.dumps({"experiment": "x", "stages": stages}))
-    res = build_report([root], tmp_path / "report")
+    return root
+
+
+def test_report_gives_spread_across_seeds_and_a_test_over_questions(tmp_path):
+    base = [True] * 2 + [False] * 8
+    sft = {0: [True] * 6 + [False] * 4, 1: [True] * 8 + [False] * 2, 2: [True] * 4 + [False] * 6}
+    res = build_report([_seeded_run(tmp_path, base, sft)], tmp_path / "report")
     (row,) = res["seeds"]
     assert (row["model"], row["n_seeds"], row["seeds"]) == ("sft", 3, [0, 1, 2])
     assert row["mean_strict"] == pytest.approx(0.6) and row["sd_strict"] == pytest.approx(0.2)
     assert (row["min_strict"], row["max_strict"]) == (0.4, 0.8)
     (pooled,) = res["pooled"]
-    # base is right on q0,q1 only, so every seed's extra right answers are discordant: 4 + 6 + 2
     assert (pooled["a"], pooled["b"], pooled["varies"]) == ("base · t", "sft · t", "model")
-    assert (pooled["a_right_b_wrong"], pooled["a_wrong_b_right"], pooled["n_pairs"]) == (0, 12, 30)
-    assert pooled["p_value"] == pytest.approx(mcnemar_p(0, 12))
+    # per question, the sft mean over seeds minus the base: q0-q1 0, q2-q3 +1, q4-q5 +2/3, q6-q7 +1/3, q8-q9 0,
+    # so 6 questions (not 12 seed-question flips) carry the test: all positive, exact p = 2 / 2**6
+    assert (pooled["questions_a_better"], pooled["questions_b_better"], pooled["n_questions"]) == (0, 6, 10)
+    assert (pooled["n_a"], pooled["n_b"], pooled["test"]) == (1, 3, "sign-flip over questions")
+    assert pooled["p_value"] == pytest.approx(2 / 2**6) and pooled["p_value"] > mcnemar_p(0, 12)
     assert pooled["mean_diff"] == pytest.approx(0.4) and pooled["sd_diff"] == pytest.approx(0.2)
+    assert pooled["diff_ci_low"] < 0.4 < pooled["diff_ci_high"]
     assert {r["seed"] for r in read_csv(tmp_path / "report" / "comparison.csv")} == {"", "0", "1", "2"}
     assert len(read_csv(tmp_path / "report" / "seeds.csv")) == 1
-    assert "Across training seeds" in (tmp_path / "report" / "report.html").read_text()
+    (csv_row,) = read_csv(tmp_path / "report" / "pooled.csv")
+    assert csv_row["test"] == "sign-flip over questions" and float(csv_row["p_value"]) == pytest.approx(2 / 2**6)
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "Across training seeds" in html and "sign-flip p (over questions)" in html and "pooled McNemar" not in html
     md = (tmp_path / "report" / "report.md").read_text()
     assert "| sft | arithmetic:1-2:test | t | 0, 1, 2 | 60.0% | 20.0 pts | 40.0%–80.0% | 60.0% / 80.0% / 40.0% |" in md
-    assert "sft · t vs base · t" in md and "mean **+40.0 points** (sd 20.0), 0 vs 12 flips" in md
+    assert "sft · t vs base · t" in md and "mean **+40.0 points** [" in md
+    assert "0 vs 6 questions, sign-flip over questions p = 0.031" in md and "pooled p" not in md
+
+
+def test_identical_replicas_add_no_evidence(tmp_path):
+    """Issue: three identical replicas of one model turned McNemar p = 0.082 (34 vs 51) into 0.0017 (102 vs 153)."""
+    base = [True] * 34 + [False] * 51 + [True] * 50 + [False] * 65
+    replica = [False] * 34 + [True] * 51 + [True] * 50 + [False] * 65
+    res = build_report([_seeded_run(tmp_path, base, {0: replica, 1: replica, 2: replica})], tmp_path / "report")
+    (pooled,) = res["pooled"]
+    assert pooled["p_value"] == pytest.approx(mcnemar_p(34, 51)) == pytest.approx(0.082, abs=5e-4)
+    assert (pooled["questions_a_better"], pooled["questions_b_better"], pooled["n_questions"]) == (34, 51, 200)
+    assert pooled["mean_diff"] == pytest.approx(17 / 200) and pooled["sd_diff"] == 0
 
 
 def test_report_without_seeds_writes_no_seed_tables(tmp_path):

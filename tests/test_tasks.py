@@ -295,15 +295,18 @@ def test_arithmetic_test_set_fixed_and_train_disjoint():
 def test_arithmetic_train_excludes_test_questions_in_a_small_space(monkeypatch):
     from mathrl.tasks import arithmetic
 
-    def tiny_level(rng):  # only 30 distinct questions: without exclusion train would repeat test ones
-        a = rng.randint(1, 30)
+    def tiny_level(rng):  # only 300 distinct questions: without a split rule train would repeat test ones
+        a = rng.randint(1, 300)
         return f"What is {a} + 0?", [f"{a} + 0 = {a}"], a
 
     monkeypatch.setattr(arithmetic, "LEVELS", {1: tiny_level, 2: tiny_level, 3: tiny_level})
-    task = get_task("arithmetic", "1", test_size=10, train_size=20)
+    task = get_task("arithmetic", "1", test_size=10, train_size=200)
     test, train = task.load_test(), task.load_train()
-    assert len({s.question for s in test}) == 10 and len({s.question for s in train}) == 20
+    assert len({s.question for s in test}) == 10 and len({s.question for s in train}) == 200
     assert not {s.question for s in test} & {s.question for s in train}
+    # a space too small for the size asked is a one-line error, not an endless loop
+    with pytest.raises(MathrlError, match="found only .* distinct test questions, not 100"):
+        get_task("arithmetic", "1", test_size=100).load_test()
 
 
 @pytest.mark.parametrize("config, levels", [("1", {1}), ("2", {2}), ("3", {3}), ("1-2", {1, 2}), ("2-3", {2, 3}),
@@ -436,3 +439,51 @@ def test_linear_equations_train_excludes_test_in_a_small_space():
 def test_linear_equations_bad_config():
     with pytest.raises(MathrlError, match="choose one of: 2, 3, 2-3"):
         get_task("linear_equations", "4")
+
+
+# --------------------------------------------------------------------------------------------------
+# generated tasks: no train question of any config, level, seed or size is a test question of any
+
+
+def _questions(name, config, split, **options):
+    return {s.question for s in get_task(name, config, **options).load(split)}
+
+
+@pytest.mark.parametrize("name, test_variants, train_variants", [
+    ("arithmetic",
+     [(c, {"test_size": n}) for c in ("1", "2", "3", "1-2", "2-3", "1-3") for n in (300, 500)] + [("1-2", {"seed": 1})],
+     [(c, {}) for c in ("1", "2", "3", "1-2", "2-3", "1-3")]
+     + [("1-3", {"train_size": 1000}), ("1-2", {"train_size": 1000}), ("1", {"train_size": 2000, "test_size": 50}),
+        ("1-2", {"seed": 1, "train_size": 3000})]),
+    ("linear_equations",
+     [(c, {"test_size": n}) for c in ("2", "3", "2-3") for n in (100, 500)]
+     + [("2", {"test_size": 60, "coef_range": 1, "sol_range": 1}),
+        ("2-3", {"test_size": 40, "coef_range": 1, "sol_range": 1})],
+     [(c, {"train_size": 2000}) for c in ("2", "3", "2-3")]
+     + [("2", {"train_size": 300, "test_size": 40, "coef_range": 1, "sol_range": 1}),
+        ("2-3", {"train_size": 300, "coef_range": 1, "sol_range": 1})]),
+], ids=["arithmetic", "linear_equations"])
+def test_generated_train_and_test_disjoint_across_configs(name, test_variants, train_variants):
+    tests = {(config, tuple(sorted(o.items()))): _questions(name, config, "test", **o) for config, o in test_variants}
+    for config, options in train_variants:
+        train = _questions(name, config, "train", **options)
+        for (test_config, test_options), test in tests.items():
+            shared = train & test
+            assert not shared, (f"{name} train {config} {options} vs test {test_config} {dict(test_options)}: "
+                                f"{len(shared)}/{len(test)} test questions in train, e.g. {sorted(shared)[0]!r}")
+
+
+def test_generated_split_is_a_function_of_the_question_alone():
+    from mathrl.tasks.base import generated_split
+
+    for name, configs in (("arithmetic", ("1", "1-3")), ("linear_equations", ("2", "2-3"))):
+        for config in configs:
+            task = get_task(name, config, test_size=100, train_size=300)
+            assert {generated_split(s.question) for s in task.load_test()} == {"test"}
+            assert {generated_split(s.question) for s in task.load_train()} == {"train"}
+            assert {generated_split(s.question) for s in task._generate("validation", 50)} == {"validation"}
+    # a tenth of questions is test, a tenth validation (reserved), the rest train
+    counts = {"train": 0, "validation": 0, "test": 0}
+    for i in range(20000):
+        counts[generated_split(f"What is {i} + 1?")] += 1
+    assert 1700 < counts["test"] < 2300 and 1700 < counts["validation"] < 2300

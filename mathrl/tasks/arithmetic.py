@@ -1,8 +1,10 @@
 """A graded arithmetic ladder for CPU-sized runs, deterministic from a seed.
 
 Level 1: one operation on two numbers. Level 2: two-step word problems. Level 3: three-step word
-problems. Every sample has a worked solution (one line per step). The test set is fixed by the seed;
-train samples come from a separate stream and never repeat a test question.
+problems. Every sample has a worked solution (one line per step). Each question belongs to one split
+by a hash of its text (`base.generated_split`: a tenth test, a tenth validation, the rest train), the
+same for every config, level, seed and size, and each split's stream is drawn from the generator
+keeping only its own questions: no train question of any config is a test question of any config.
 
 Configs: "1", "2", "3", "1-2", "2-3", "1-3" (default). Options: seed (0), test_size (300),
 train_size (10000).
@@ -11,8 +13,9 @@ train_size (10000).
 from __future__ import annotations
 
 import random
+from typing import Callable
 
-from mathrl.tasks.base import Sample, Task, register
+from mathrl.tasks.base import Sample, Task, generate_split, register
 
 NAMES = ["Ava", "Ben", "Carla", "Dev", "Emma", "Farid", "Gina", "Hugo", "Iris", "Jon", "Kemi", "Liam", "Mia", "Noah"]
 ITEMS = ["apples", "stickers", "marbles", "books", "cookies", "pencils", "stamps", "shells", "cards", "beads"]
@@ -94,29 +97,19 @@ class Arithmetic(Task):
         lo, _, hi = self.config.partition("-")
         return list(range(int(lo), int(hi or lo) + 1))
 
-    def _generate(self, stream: str, n: int, exclude: set[str] = frozenset()) -> list[Sample]:
+    def _generate(self, split: str, n: int) -> list[Sample]:
+        """The first `n` questions of the seeded stream that belong to `split` (`generated_split`)."""
         seed = int(self.options.get("seed", 0))
-        rng = random.Random(f"arithmetic-{stream}-{seed}")
-        samples, seen = [], set(exclude)
-        while len(samples) < n:
-            level = self.levels[len(samples) % len(self.levels)]
+        rng = random.Random(f"arithmetic-{split}-{seed}")
+
+        def draw(i: int) -> tuple[str, Callable[[], Sample]]:
+            level = self.levels[i % len(self.levels)]
             question, steps, answer = LEVELS[level](rng)
-            if question in seen:
-                continue
-            seen.add(question)
-            samples.append(
-                Sample(
-                    id=f"arith-{stream}-{seed}-{len(samples)}",
-                    question=question,
-                    answer=str(answer),
-                    solution="\n".join(steps),
-                    meta={"level": level},
-                )
-            )
-        return samples
+            return question, lambda: Sample(id=f"arith-{split}-{seed}-{i}", question=question, answer=str(answer),
+                                            solution="\n".join(steps), meta={"level": level})
+
+        return generate_split(split, n, draw, f"arithmetic ({self.config})")
 
     def load_split(self, split: str) -> list[Sample]:
-        test = self._generate("test", int(self.options.get("test_size", 300)))
-        if split == "test":
-            return test
-        return self._generate("train", int(self.options.get("train_size", 10000)), {s.question for s in test})
+        size = {"test": ("test_size", 300), "validation": ("validation_size", 300)}.get(split, ("train_size", 10000))
+        return self._generate(split, int(self.options.get(*size)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 from dataclasses import asdict, dataclass, field
@@ -54,6 +55,10 @@ class Task:
         self.options = options
         self.source: dict[str, Any] = {}  # where the last split came from (file, or hub id/config/split)
         self.excluded: dict[str, int] = {}  # reason → samples dropped at load time (a documented rule)
+        # the sample id of each row of the last split's source, in order, dropped rows included (so a
+        # row position, lm-eval's doc_id, names the right sample); None: the samples are the rows
+        self.doc_ids: list[str] | None = None
+        self.dropped: dict[str, str] = {}  # sample id → the `excluded` reason it was dropped for
 
     def load_split(self, split: str) -> list[Sample]:
         raise NotImplementedError
@@ -104,6 +109,42 @@ class Task:
         if self.excluded:
             out["excluded"] = dict(self.excluded)
         return out
+
+
+GENERATED_SPLITS = ("train", "validation", "test")
+
+
+def generated_split(question: str) -> str:
+    """The split a generated question belongs to, from a hash of its text alone (bucket 0 of 10: test,
+    1: validation, the rest: train). It depends on no config, level, seed or size, so no train
+    question of a generator can ever be a test (or validation) question of any of its configs."""
+    bucket = int.from_bytes(hashlib.blake2b(question.encode(), digest_size=8).digest(), "big") % 10
+    return "test" if bucket == 0 else "validation" if bucket == 1 else "train"
+
+
+def generate_split(split: str, n: int, draw: Callable[[int], tuple[str, Callable[[], Sample]]],
+                   what: str) -> list[Sample]:
+    """`n` distinct samples of `split`, rejection-sampled from `draw(i)` (the i-th sample's candidate:
+    its question and how to build the sample): a question that belongs to another split
+    (`generated_split`) or repeats one already kept is dropped. Too small a generator for `n` is an
+    error, not a hang."""
+    if split not in GENERATED_SPLITS:
+        raise MathrlError(f"{what}: no split {split!r}; choose one of: {', '.join(GENERATED_SPLITS)}")
+    samples: list[Sample] = []
+    seen: set[str] = set()
+    misses = 0
+    while len(samples) < n:
+        question, build = draw(len(samples))
+        if question in seen or generated_split(question) != split:
+            misses += 1
+            if misses > 20_000:
+                raise MathrlError(f"{what}: found only {len(samples)} distinct {split} questions, not {n}; "
+                                  f"ask for fewer or widen the generator's ranges")
+            continue
+        misses = 0
+        seen.add(question)
+        samples.append(build())
+    return samples
 
 
 TASKS: dict[str, type[Task]] = {}

@@ -16,8 +16,9 @@ are `number`; ASDiv's and GSM-Plus's other golds are `text`; GSM-Plus's missing 
 thinking" items) are `no_answer`; every MATH / MATH-500 gold is `math` (numbers included). `--task-arg
 exclude=text,no_answer` drops those kinds instead (counted in summary.json under treatments).
 
-Simplified: ids are the dataset's own id field where it has one, else the row position, so a local
-copy must keep the hub's row order for ids to agree across the two sources. Only the test split is
+Simplified: ids are the dataset's own id field where it has one, else the row position (counted
+before `exclude=` drops rows; `doc_ids` keeps every row's id in order, for lm-eval's doc_id), so a
+local copy must keep the hub's row order for ids to agree across the two sources. Only the test split is
 offered (MATH also has train), as these sets exist to measure generalisation, not to train on.
 """
 
@@ -196,22 +197,25 @@ class HeldoutTask(Task):
         return read_gold(value, text=self.spec.text_golds, none=self.spec.no_answer_golds)
 
     def load_split(self, split: str) -> list[Sample]:
-        samples, self.excluded = [], {}
+        samples, self.excluded, self.doc_ids, self.dropped = [], {}, [], {}
+        prefix = self.name if self.config == "default" else f"{self.name}-{self.config}"
         for index, (source, line, row) in enumerate(r for r in self._rows() if self.keep_row(r[2])):
             where = f"{source}:{line}"
             question = self._question(where, row)
             gold, kind, raw = self._gold(where, row)
+            ident = row.get(self.spec.id_field) if self.spec.id_field else None
+            sample_id = f"{prefix}-{ident if ident not in (None, '') else index}"
+            self.doc_ids.append(sample_id)
             if kind in self.exclude:
                 self.excluded[kind] = self.excluded.get(kind, 0) + 1
+                self.dropped[sample_id] = kind
                 continue
             meta: dict[str, Any] = {"answer_type": kind, "raw_answer": raw}
             for key, fields in self.spec.meta.items():
                 src = _first(row, fields)
                 if src is not None and row[src] is not None:
                     meta[key] = _level(row[src]) if key == "level" else row[src]
-            ident = row.get(self.spec.id_field) if self.spec.id_field else None
-            prefix = self.name if self.config == "default" else f"{self.name}-{self.config}"
-            samples.append(Sample(id=f"{prefix}-{ident if ident not in (None, '') else index}", question=question,
+            samples.append(Sample(id=sample_id, question=question,
                                   answer=gold, solution=str(row["solution"]).strip() if row.get("solution") else None,
                                   meta=meta))
         if not samples and not self.excluded:

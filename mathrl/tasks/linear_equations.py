@@ -2,7 +2,9 @@
 
 The solution vector is drawn first and the right-hand sides computed from it; the coefficient
 matrix is redrawn until its determinant is non-zero, so the system has exactly that solution.
-The worked solution eliminates with integer row operations, then back-substitutes.
+The worked solution eliminates with integer row operations, then back-substitutes. Each question
+belongs to one split by a hash of its text (`base.generated_split`), whatever the config, seed, ranges
+or size, so no train system of any config is a test system of any config.
 
 Configs: "2", "3", "2-3" (default "2"). Options: seed (0), coef_range (9), sol_range (10),
 test_size (500), train_size (5000).
@@ -13,8 +15,9 @@ from __future__ import annotations
 import random
 from fractions import Fraction
 from math import gcd
+from typing import Callable
 
-from mathrl.tasks.base import Sample, Task, register
+from mathrl.tasks.base import Sample, Task, generate_split, register
 
 VARS = "xyz"
 
@@ -84,35 +87,26 @@ def make_system(rng: random.Random, n: int, coef_range: int, sol_range: int) -> 
 class LinearEquations(Task):
     configs = ("2", "3", "2-3")
 
-    def _generate(self, stream: str, n: int, exclude: set[str] = frozenset()) -> list[Sample]:
+    def _generate(self, split: str, n: int) -> list[Sample]:
+        """The first `n` systems of the seeded stream whose question belongs to `split` (`generated_split`)."""
         seed = int(self.options.get("seed", 0))
         coef_range = int(self.options.get("coef_range", 9))
         sol_range = int(self.options.get("sol_range", 10))
         sizes = [2, 3] if self.config == "2-3" else [int(self.config)]
-        rng = random.Random(f"linear-{stream}-{seed}-{coef_range}-{sol_range}")
-        samples, seen = [], set(exclude)
-        while len(samples) < n:
-            size = sizes[len(samples) % len(sizes)]
+        rng = random.Random(f"linear-{split}-{seed}-{coef_range}-{sol_range}")
+
+        def draw(i: int) -> tuple[str, Callable[[], Sample]]:
+            size = sizes[i % len(sizes)]
             rows, solution = make_system(rng, size, coef_range, sol_range)
             target = rng.randrange(size)
             system = "\n".join(equation_text(r[:size], r[size]) for r in rows)
             question = f"Solve the system of equations:\n{system}\nWhat is the value of {VARS[target]}?"
-            if question in seen:
-                continue
-            seen.add(question)
-            samples.append(
-                Sample(
-                    id=f"lineq-{stream}-{seed}-{len(samples)}",
-                    question=question,
-                    answer=str(solution[target]),
-                    solution="\n".join(eliminate(rows)),
-                    meta={"size": size, "solution": solution, "target": VARS[target]},
-                )
-            )
-        return samples
+            return question, lambda: Sample(id=f"lineq-{split}-{seed}-{i}", question=question,
+                                            answer=str(solution[target]), solution="\n".join(eliminate(rows)),
+                                            meta={"size": size, "solution": solution, "target": VARS[target]})
+
+        return generate_split(split, n, draw, f"linear_equations ({self.config})")
 
     def load_split(self, split: str) -> list[Sample]:
-        test = self._generate("test", int(self.options.get("test_size", 500)))
-        if split == "test":
-            return test
-        return self._generate("train", int(self.options.get("train_size", 5000)), {s.question for s in test})
+        size = {"test": ("test_size", 500), "validation": ("validation_size", 500)}.get(split, ("train_size", 5000))
+        return self._generate(split, int(self.options.get(*size)))

@@ -10,7 +10,7 @@ from typing import Any
 
 from mathrl.distributed import is_main_process
 from mathrl.errors import MathrlError
-from mathrl.files import JsonlAppender
+from mathrl.files import JsonlAppender, atomic_write_json, atomic_write_text
 
 
 def make_log_callback(output_dir: str | Path, plot_keys: tuple[str, ...] = ("loss",)) -> Any:
@@ -64,65 +64,134 @@ def fit_schedule(scheduler: Any, name: str, warmup_steps: int, horizon: int) -> 
     scheduler.lr_lambdas = list(stand_in.lr_lambdas)
 
 
+BUDGET_FILE = "mathrl_budget.json"  # a checkpoint's StepBudget state: a resumed run keeps its plan
+
+
+def clock() -> float:
+    """The clock step budgets read (a name of its own, so tests can drive it)."""
+    return time.perf_counter()
+
+
 class StepBudget:
     """How many steps fit in `max_minutes`, measured on the run itself: steps 2..`measure_after` are timed
-    (step 1 pays one-off start-up costs) and the rest of the budget divided by their mean. `horizon` is
-    called at the end of every step; `out_of_time` then says whether to stop: the steps the schedule was
-    refit to are done (later steps would train at the schedule's end, a cosine's zero), or the next
-    step, at the mean step time so far, would end past the limit (a 30-s GRPO step started just before
-    the limit overran it by 30 s)."""
+    (step 1 pays one-off start-up costs) and the rest of the budget divided by their mean. `decide` is
+    called at the end of every step with the global step: it returns the horizon when it is fixed (once,
+    at step `measure_after` of this budget) and whether to stop: the steps the schedule was refit to are
+    done (later steps would train at the schedule's end, a cosine's zero), or the next step, at the mean
+    step time so far, would end past the limit (a 30-s GRPO step started just before the limit overran
+    it by 30 s).
 
-    def __init__(self, max_minutes: float, measure_after: int = 3):
+    Several processes: rank 0 decides and broadcasts (each rank's own clock could stop one rank while
+    another starts a step, hanging the next all-reduce, or refit ranks to different horizons).
+    Resume: `state()` is saved with every checkpoint and `restore()` continues from it — the same
+    horizon, and the time the checkpointed steps used counts against the limit (steps redone after a
+    kill are not charged twice; the wall time lost between the checkpoint and the kill is not charged)."""
+
+    def __init__(self, max_minutes: float, measure_after: int = 3, first_step: int = 0):
         self.seconds, self.measure_after = max_minutes * 60, measure_after
-        self.start = time.perf_counter()
+        self.start = clock()
+        self.first_step = first_step  # the global step before this budget's first step
         self.after_first: float | None = None
         self.per_step = 0.0  # mean step time after the first; 0 until two steps are done
-        self.step, self.stop_after = 0, None  # the last step seen; the refit horizon
+        self.step, self.stop_after = first_step, None  # the last step seen; the refit horizon (global steps)
 
     def out_of_time(self) -> bool:
         if self.stop_after is not None and self.step >= self.stop_after:
             return True
-        return time.perf_counter() - self.start + self.per_step > self.seconds
+        return clock() - self.start + self.per_step > self.seconds
 
     def horizon(self, step: int, planned: int) -> int | None:
-        """At step `measure_after`: the steps that fit (at most `planned`); None at other steps."""
-        now = time.perf_counter()
-        self.step = step
-        if step == 1:
+        """At this budget's step `measure_after`: the global steps that fit (at most `planned`); else None."""
+        now = clock()
+        self.step, local = step, step - self.first_step
+        if local == 1:
             self.after_first = now
-        elif self.after_first is not None:
-            self.per_step = (now - self.after_first) / (step - 1)
-        if step != self.measure_after or self.after_first is None:
+        elif self.after_first is not None and local > 1:
+            self.per_step = (now - self.after_first) / (local - 1)
+        if local != self.measure_after or self.after_first is None:
             return None
         fits = step + int(max(0.0, self.seconds - (now - self.start)) / max(self.per_step, 1e-9))
         self.stop_after = max(step + 1, min(planned, fits))
         return self.stop_after
 
+    def decide(self, step: int, planned: int) -> tuple[int | None, bool]:
+        """(the new horizon or None, stop now?) after global step `step`; the same on every rank (rank 0's)."""
+        from mathrl.distributed import agree
+
+        horizon = self.horizon(step, planned)
+        stop = self.out_of_time()
+        horizon_, stop_, stop_after = agree([-1 if horizon is None else horizon, int(stop),
+                                             -1 if self.stop_after is None else self.stop_after])
+        self.stop_after = None if stop_after < 0 else int(stop_after)
+        return (None if horizon_ < 0 else int(horizon_)), bool(stop_)
+
+    def state(self) -> dict[str, Any]:
+        now = clock()
+        return {"max_minutes": self.seconds / 60, "elapsed": now - self.start, "first_step": self.first_step,
+                "after_first": None if self.after_first is None else self.after_first - self.start,
+                "per_step": self.per_step, "step": self.step, "stop_after": self.stop_after}
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        self.start = clock() - float(saved["elapsed"])
+        self.first_step, self.per_step = int(saved["first_step"]), float(saved["per_step"])
+        self.after_first = None if saved["after_first"] is None else self.start + float(saved["after_first"])
+        self.step, self.stop_after = int(saved["step"]), saved["stop_after"]
+
+
+def save_budget(checkpoint_dir: str | Path, budget: StepBudget | None) -> None:
+    if budget is not None:
+        atomic_write_json(Path(checkpoint_dir) / BUDGET_FILE, budget.state())
+
+
+def resumed_budget(max_minutes: float, checkpoint_dir: str | Path | None, step: int) -> StepBudget:
+    """A budget for a run starting after global `step`: the checkpoint's, continued, when it saved one."""
+    budget = StepBudget(max_minutes, first_step=step)
+    path = Path(checkpoint_dir) / BUDGET_FILE if checkpoint_dir else None
+    if path is not None and path.exists():
+        budget.restore(json.loads(path.read_text()))
+    return budget
+
 
 def make_time_budget_callback(max_minutes: float, scheduler_name: str | None = None) -> Any:
     """Stop training (and save) once `max_minutes` of wall time have passed, and — so a budget does not
     cut a schedule planned for more steps (a cosine planned for 64 steps and stopped at 17) — refit the
-    LR schedule to the steps that fit, measured after the first few steps (`StepBudget`)."""
+    LR schedule to the steps that fit, measured after the first few steps (`StepBudget`). The budget is
+    saved with every checkpoint; a resumed run refits its schedule to the saved horizon (transformers'
+    LambdaLR state does not keep refit functions) and continues the saved clock."""
     from transformers import TrainerCallback
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    def refit(args: Any, state: Any, lr_scheduler: Any, horizon: int) -> None:
+        if horizon < state.max_steps and scheduler_name and lr_scheduler is not None:
+            fit_schedule(lr_scheduler, scheduler_name, args.get_warmup_steps(horizon), horizon)
+            state.planned_steps = horizon  # noqa: B010 - read by the run record
 
     class TimeBudget(TrainerCallback):
         budget: StepBudget | None = None
 
-        def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001
-            self.budget = StepBudget(max_minutes)
+        def on_train_begin(self, args, state, control, lr_scheduler=None, **kw):  # noqa: ANN001
+            step = state.global_step  # > 0 when resuming: the trainer state is the checkpoint's by now
+            checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{step}" if step else None
+            self.budget = resumed_budget(max_minutes, checkpoint, step)
+            if self.budget.stop_after is not None:
+                refit(args, state, lr_scheduler, self.budget.stop_after)
 
         def on_step_end(self, args, state, control, lr_scheduler=None, **kw):  # noqa: ANN001
             if self.budget is None:
                 return
-            horizon = self.budget.horizon(state.global_step, state.max_steps)
-            if horizon is not None and horizon < state.max_steps and scheduler_name and lr_scheduler is not None:
-                fit_schedule(lr_scheduler, scheduler_name, args.get_warmup_steps(horizon), horizon)
-                state.planned_steps = horizon  # noqa: B010 - read by the run record
-                print(f"[mathrl] {max_minutes:g}-minute budget: {horizon} of {state.max_steps} steps fit; "
-                      f"the {scheduler_name} schedule now spans {horizon} steps", flush=True)
-            if self.budget.out_of_time():
+            horizon, stop = self.budget.decide(state.global_step, state.max_steps)
+            if horizon is not None:
+                refit(args, state, lr_scheduler, horizon)
+                if horizon < state.max_steps and scheduler_name and state.is_world_process_zero:
+                    print(f"[mathrl] {max_minutes:g}-minute budget: {horizon} of {state.max_steps} steps fit; "
+                          f"the {scheduler_name} schedule now spans {horizon} steps", flush=True)
+            if stop:
                 control.should_training_stop = True
                 control.should_save = True
+
+        def on_save(self, args, state, control, **kw):  # noqa: ANN001
+            if self.budget is not None and state.is_world_process_zero:
+                save_budget(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}", self.budget)
 
     return TimeBudget()
 
@@ -254,16 +323,33 @@ def last_checkpoint(output_dir: str | Path) -> str | None:
     return get_last_checkpoint(str(d)) if d.is_dir() else None
 
 
+STEP_LOGS = ("train_log.jsonl", "completions.jsonl")  # rows carry the step they were logged at
+
+
 def checkpoint_to_resume(output_dir: str | Path, resume: bool) -> str | None:
-    """The checkpoint to continue from; refuses to train over checkpoints without `resume`, and starts
-    a fresh train_log.jsonl when there is nothing to resume."""
+    """The checkpoint to continue from; refuses to train over checkpoints without `resume`. The step logs
+    keep only rows up to the checkpoint's step (the steps after it are redone, and logged again), or
+    start afresh when there is nothing to resume."""
     out = Path(output_dir)
     checkpoint = last_checkpoint(out)
     if checkpoint and not resume:
         raise MathrlError(f"{out} already has checkpoints; pass --resume to continue or choose another --output-dir")
-    if not checkpoint and is_main_process():
-        (out / "train_log.jsonl").unlink(missing_ok=True)
+    if is_main_process():
+        step = int(Path(checkpoint).name.rsplit("-", 1)[1]) if checkpoint else 0
+        for name in STEP_LOGS:
+            truncate_log(out / name, step)
     return checkpoint
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Drop rows logged after `step` (all of them for 0)."""
+    if not path.exists():
+        return
+    if step <= 0:
+        path.unlink()
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    atomic_write_text(path, "".join(ln + "\n" for ln in lines))
 
 
 def announce_world(trainer: Any, batch_note: str) -> None:

@@ -9,7 +9,9 @@ batch, which has the same number of groups and rows as before.
 How it sits in TRL (1.16): the mixin overrides `_generate_and_score_completions`. It samples and
 scores every candidate group first (TRL's tokenizer and reward call, the trainer's own generation),
 picks the final batch, then runs TRL's `_generate_and_score_completions` once on exactly that batch,
-with generation replaced by a replay of the completions already drawn. So everything TRL computes
+with generation replaced by a replay of the completions already drawn and the reward call by a replay of
+their rewards (each completion is graded once: Math-Verify's wall-clock timeout can make a second
+grading differ under load, and the batch was chosen by the first). So everything TRL computes
 (padding, masks, old/reference log-probs, advantages for every `scale_rewards`, including "batch",
 whose std then spans the final batch, `num_items_in_batch`, and all logged metrics) is TRL's own code
 on the batch that is trained; nothing is spliced together from separately normalised batches.
@@ -112,6 +114,8 @@ class Sampled:
     completion_ids: list[list[int]]
     logprobs: list | None
     rewards: torch.Tensor  # (rows, reward functions)
+    extra: dict[str, list]  # what reward functions logged with log_extra: one value per row
+    metrics: dict[str, list]  # what they logged with log_metric: scalars of this draw
 
     def replace_group(self, g: int, other: "Sampled", h: int, size: int) -> None:
         """Group g of self becomes group h of other."""
@@ -120,6 +124,11 @@ class Sampled:
         if self.logprobs is not None:
             self.logprobs[dst] = other.logprobs[src]
         self.rewards[dst] = other.rewards[src]
+        for column in list(self.extra):  # a column the other draw did not log cannot describe the new rows
+            if column in other.extra:
+                self.extra[column][dst] = other.extra[column][src]
+            else:
+                del self.extra[column]
 
 
 class DynamicSamplingMixin:
@@ -145,6 +154,7 @@ class DynamicSamplingMixin:
         if self.pass_record is not None and self._correct_col is None:
             raise MathrlError("prompt_policy pass_rate needs a correctness reward in --rewards")
         self._replay: tuple[list, list, list | None] | None = None
+        self._replay_scores: tuple[torch.Tensor, dict, dict] | None = None
         self.dynamic_totals = {"generations": 0, "groups": 0, "zero_before": 0, "zero_after": 0, "extra_prompts": 0,
                                "policy_swaps": 0}
 
@@ -159,6 +169,21 @@ class DynamicSamplingMixin:
             raise RuntimeError("dynamic sampling: replayed completions do not belong to the prompts TRL tokenized")
         return completion_ids, logprobs
 
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):  # noqa: ANN001
+        """TRL's pass on the final batch reuses the rewards `_sample` computed: every completion is graded
+        once (a second grading costs time, and Math-Verify's wall-clock timeout under load could give a
+        verdict other than the one that chose the batch)."""
+        if self._replay_scores is None:
+            return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        rewards, extra, metrics = self._replay_scores
+        self._replay_scores = None
+        if rewards.size(0) != len(prompts) * self.accelerator.num_processes:
+            raise RuntimeError("dynamic sampling: replayed rewards do not belong to the batch TRL scores")
+        for store, logged in ((self._pending_extra_logs, extra), (self._pending_metrics, metrics)):
+            for key, values in logged.items():
+                store[key].extend(values)
+        return rewards.clone()
+
     def _generate_and_score_completions(self, inputs):  # noqa: ANN001
         if not self.model.training:  # evaluation batches are measured as drawn
             return super()._generate_and_score_completions(inputs)
@@ -169,7 +194,7 @@ class DynamicSamplingMixin:
         swaps = self._apply_policy(rows) if self.pass_record is not None else 0
         batch = self._sample(rows)
         spread = group_spread(batch.rewards, self.reward_weights, size)
-        before, drawn_rewards = spread.clone(), batch.rewards.clone()
+        before, drawn_rewards, drawn_metrics = spread.clone(), batch.rewards.clone(), batch.metrics
         used = {r["prompt"] for r in rows}
         rounds = extra = 0
         while rounds < self.max_refills:
@@ -189,10 +214,12 @@ class DynamicSamplingMixin:
                 spread[g] = True
             rounds, extra = rounds + 1, extra + k
         self._replay = (batch.prompt_ids, batch.completion_ids, batch.logprobs)
+        # all ranks' rewards in rank order, as TRL's reward call returns them (every rank has as many rows)
+        self._replay_scores = (self.accelerator.gather(batch.rewards), batch.extra, drawn_metrics)
         try:
             out = super()._generate_and_score_completions(batch.rows)
         finally:
-            self._replay = None
+            self._replay = self._replay_scores = None
         self._log_dynamic(before, spread, rounds, extra, swaps, drawn_rewards)
         return out
 
@@ -204,11 +231,16 @@ class DynamicSamplingMixin:
         prompt_ids, images, multimodal = self._tokenize_prompts(prompts)
         completion_ids, logprobs = self._generate_single_turn(prompt_ids, images, multimodal, self.num_generations)
         completions = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
-        # TRL's rewards may call log_extra/log_metric: keep only what the trained batch (TRL's pass) logs
-        pending = ({k: list(v) for k, v in self._pending_extra_logs.items()},
-                   {k: list(v) for k, v in self._pending_metrics.items()})
+        # TRL's rewards may call log_extra/log_metric: what this draw logs is kept with it and handed to TRL's
+        # pass on the final batch (per-row columns follow their rows; metrics are the first draw's)
+        stores = (self._pending_extra_logs, self._pending_metrics)
+        pending = [{k: list(v) for k, v in store.items()} for store in stores]
+        for store in stores:
+            store.clear()
         gathered = self._calculate_rewards(rows, prompts, completions, completion_ids)  # all ranks, in rank order
-        for store, saved in zip((self._pending_extra_logs, self._pending_metrics), pending):
+        extra = {k: list(v) for k, v in self._pending_extra_logs.items() if len(v) == len(rows)}
+        metrics = {k: list(v) for k, v in self._pending_metrics.items()}
+        for store, saved in zip(stores, pending):
             store.clear()
             store.update(saved)
         start = self.accelerator.process_index * len(rows)
@@ -216,7 +248,7 @@ class DynamicSamplingMixin:
         if self.pass_record is not None:
             self.pass_record.update(prompts, (rewards[:, self._correct_col] > 0.5).tolist())
         return Sampled(list(rows), [list(p) for p in prompt_ids], list(completion_ids),
-                       None if logprobs is None else list(logprobs), rewards)
+                       None if logprobs is None else list(logprobs), rewards, extra, metrics)
 
     def _apply_policy(self, rows: list[dict[str, Any]]) -> int:
         """pass_rate: swap groups whose prompt was always or never solved for preferred prompts (before

@@ -12,6 +12,9 @@ position (prompt and padding included) onto the vocabulary. Two overrides remove
   TRL's entropy bonus needs it.
 * `_generate_single_turn` (HF generation path only): each distinct prompt is prefilled once and
   rows that hit EOS are dropped from the batch between segments of `segment_tokens`.
+* `_generate` / `_generate_and_score_completions`: a completion that ended at a stop string ends on the
+  stop's last token, not EOS, so TRL's rule (last id in EOS + pad) would count it truncated; here it is
+  finished, in `completions/clipped_ratio` and the terminated lengths and for `mask_truncated_completions`.
 
 Everything else (advantages, loss types, clipping, KL, logging, checkpoints) is TRL's own code.
 `tests/test_grpo.py` checks that log-probs, loss and gradients match stock TRL on a fixed batch.
@@ -85,7 +88,10 @@ _OVERRIDDEN = {
     "_get_per_token_logps_and_entropies": ["self", "model", "input_ids", "attention_mask", "logits_to_keep",
                                            "batch_size", "compute_entropy", "compute_aux_loss", *_MULTIMODAL],
     "_generate_single_turn": ["self", "prompt_ids", "images", "multimodal_fields", "num_generations", "has_tool_images"],
-    # mathrl.train.dynamic_sampling: overrides the first, calls the other two
+    # FastGRPOTrainer: completions that ended at a stop string are not truncated (metrics, loss mask); its
+    # `_generate` returns TRL's 8-tuple with completion ids second
+    "_generate": ["self", "prompts"],
+    # mathrl.train.dynamic_sampling (and FastGRPOTrainer): overrides the first, calls the other two
     "_generate_and_score_completions": ["self", "inputs"],
     "_calculate_rewards": ["self", "inputs", "prompts", "completions", "completion_ids_list"],
     "_tokenize_prompts": ["self", "prompts"],
@@ -150,11 +156,17 @@ def _through_wrapper(model: Any, fn: Any, *args: Any) -> Any:
     if not isinstance(model, DistributedDataParallel):
         return fn(*args)
     inner = model.module
+    # accelerate's mixed precision installs its autocast wrapper as an instance attribute `forward`: put
+    # back whatever was there, or later passes lose autocast (fp32 outputs after the first fast pass)
+    saved = inner.__dict__.get("forward")
     inner.forward = lambda *_a, **_k: fn(*args)  # an instance attribute shadows the class's forward
     try:
         return model()
     finally:
-        del inner.forward
+        if saved is None:
+            del inner.forward
+        else:
+            inner.forward = saved
 
 
 class FastGRPOTrainer(GRPOTrainer):
@@ -170,6 +182,47 @@ class FastGRPOTrainer(GRPOTrainer):
         self.segment_tokens = segment_tokens
         self.decoding = decoding
         self.eos_token_ids = eos_token_ids(self._tokenizer, unwrap_causal_lm(self.model))
+
+    def _ended(self, ids: list[int]) -> bool:
+        """The completion finished (EOS, or the token completing a stop string), rather than hitting the length
+        limit. TRL's own rule (last id in EOS + pad) calls a stop-string ending truncated."""
+        from mathrl.decoding import cut_at_stop
+
+        if ids and ids[-1] in (*self.eos_token_ids, self._tokenizer.pad_token_id):
+            return True
+        stops = self.decoding.stop
+        return bool(ids and stops) and cut_at_stop(self._tokenizer.decode(ids, skip_special_tokens=True), stops)[1]
+
+    def _generate(self, prompts: list):  # noqa: ANN001
+        """TRL's generation, with `completions/clipped_ratio` and the terminated-length metrics by `_ended`."""
+        out = super()._generate(prompts)
+        completion_ids = out[1]
+        device = self.accelerator.device
+        truncated = self.accelerator.gather(torch.tensor([not self._ended(list(c)) for c in completion_ids], device=device))
+        lengths = self.accelerator.gather(torch.tensor([len(c) for c in completion_ids], device=device)).float()
+        ended = lengths[~truncated] if bool((~truncated).any()) else torch.zeros(1, device=device)
+        m = self._metrics["train" if self.model.training else "eval"]
+        for key, value in (("clipped_ratio", truncated.float().mean()), ("mean_terminated_length", ended.mean()),
+                           ("min_terminated_length", ended.min()), ("max_terminated_length", ended.max())):
+            m[f"completions/{key}"][-1] = value.item()  # replaces the value TRL just appended
+        return out
+
+    def _generate_and_score_completions(self, inputs):  # noqa: ANN001
+        """With `mask_truncated_completions`, the completions masked out of the loss are those `_ended` calls
+        truncated (TRL's rule would also drop every completion that ended at a stop string)."""
+        if not self.mask_truncated_completions:
+            return super()._generate_and_score_completions(inputs)
+        self.mask_truncated_completions = False
+        try:
+            out = super()._generate_and_score_completions(inputs)
+        finally:
+            self.mask_truncated_completions = True
+        mask = out["completion_mask"]
+        ended = torch.tensor([self._ended(ids[m.bool()].tolist()) for ids, m in zip(out["completion_ids"], mask)],
+                             device=mask.device)
+        out["completion_mask"] = mask * ended.unsqueeze(1).to(mask.dtype)
+        out["num_items_in_batch"] = self.accelerator.gather(out["completion_mask"].sum()).sum()
+        return out
 
     def _fast_path_ok(self, model: Any, compute_aux_loss: bool, extra: dict[str, Any]) -> bool:
         return (not compute_aux_loss and all(extra.get(k) is None for k in _MULTIMODAL)

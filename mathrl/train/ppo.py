@@ -37,7 +37,7 @@ from mathrl import formats
 from mathrl.errors import MathrlError
 from mathrl.tasks import get_task
 from mathrl.train.settings import PPORunConfig  # noqa: F401 - in settings.py so the CLI need not import torch
-from mathrl.files import JsonlAppender, atomic_write_json, atomic_write_text
+from mathrl.files import JsonlAppender, atomic_write_json
 from mathrl.train import ppo_core
 from mathrl.train.rollout import Rollout, collect_rollouts, policy_token_stats, prompt_indices
 
@@ -65,9 +65,12 @@ def _checkpoints(out: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 
 
-def save_checkpoint(out: Path, step: int, agent: PolicyAndValue, optimizer: Any, scheduler: Any, keep: int) -> Path:
-    """Trainable weights (safetensors), optimizer and scheduler state, step; written to a temp dir and
-    renamed, so a kill mid-save leaves the previous checkpoint as the last one."""
+def save_checkpoint(out: Path, step: int, agent: PolicyAndValue, optimizer: Any, scheduler: Any, keep: int,
+                    budget: Any = None) -> Path:
+    """Trainable weights (safetensors), optimizer and scheduler state, step, the time budget's state;
+    written to a temp dir and renamed, so a kill mid-save leaves the previous checkpoint as the last one."""
+    from mathrl.train.common import save_budget
+
     from safetensors.torch import save_file
 
     final, tmp = out / f"checkpoint-{step}", out / f".checkpoint-{step}.tmp"
@@ -77,6 +80,7 @@ def save_checkpoint(out: Path, step: int, agent: PolicyAndValue, optimizer: Any,
     save_file(trainable, str(tmp / "trainable.safetensors"))
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
     atomic_write_json(tmp / "trainer_state.json", {"global_step": step})
+    save_budget(tmp, budget)
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     for old in _checkpoints(out)[:-keep] if keep > 0 else []:
@@ -96,13 +100,6 @@ def load_checkpoint(path: str | Path, agent: PolicyAndValue, optimizer: Any, sch
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     return int(json.loads((path / "trainer_state.json").read_text())["global_step"])
-
-
-def truncate_log(path: Path, step: int) -> None:
-    """Drop rows logged after the checkpoint a resumed run restarts from (they will be redone)."""
-    if path.exists():
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-        atomic_write_text(path, "".join(ln + "\n" for ln in lines))
 
 
 def optimize(agent: Any, accelerator: Any, optimizer: Any, scheduler: Any, batch: Rollout, cfg: PPORunConfig,
@@ -204,15 +201,17 @@ def run_ppo(cfg: PPORunConfig) -> dict[str, Any]:
     prompts = [formats.build_prompt(s.question, protocol, tokenizer) for s in samples]
     main = accelerator.is_main_process
     log_path = out / "train_log.jsonl"
-    if main:
+    if main:  # (checkpoint_to_resume kept only the rows up to start_step)
         out.mkdir(parents=True, exist_ok=True)
-        truncate_log(log_path, start_step)
     log = JsonlAppender(log_path)
     samples_log = JsonlAppender(out / "completions.jsonl") if cfg.log_completions and main else None
     rows: list[dict[str, Any]] = [r for r in common.read_log(log_path) if "reward" in r]
     began, step = time.perf_counter(), start_step
-    budget = common.StepBudget(cfg.max_minutes) if cfg.max_minutes else None
+    budget = common.resumed_budget(cfg.max_minutes, checkpoint, start_step) if cfg.max_minutes else None
     planned = cfg.max_steps
+    if budget is not None and budget.stop_after is not None and budget.stop_after < cfg.max_steps:
+        planned = budget.stop_after  # the horizon the run was refit to before it was interrupted
+        common.fit_schedule(scheduler, cfg.lr_scheduler, cfg.warmup_steps * updates_per_step, planned * updates_per_step)
     bar = tqdm(total=cfg.max_steps, initial=start_step, desc="ppo", unit="step", disable=not main, dynamic_ncols=True)
     while step < cfg.max_steps:
         t0 = time.perf_counter()
@@ -243,16 +242,15 @@ def run_ppo(cfg: PPORunConfig) -> dict[str, Any]:
                                     for p, c, r in zip(*texts)])
         bar.update(1)
         bar.set_postfix(reward=f"{row['reward']:.3f}", kl=f"{row.get('kl', 0.0):.3f}")
-        horizon = budget.horizon(step - start_step, cfg.max_steps - start_step) if budget else None
-        if horizon is not None and start_step + horizon < cfg.max_steps:
+        horizon, out_of_time = budget.decide(step, cfg.max_steps) if budget else (None, False)
+        if horizon is not None and horizon < cfg.max_steps:
             # the schedule follows the steps that fit in the budget, not the max_steps it was built for
-            planned = start_step + horizon
+            planned = horizon
             common.fit_schedule(scheduler, cfg.lr_scheduler, cfg.warmup_steps * updates_per_step, planned * updates_per_step)
             if main:
                 print(f"[mathrl] {cfg.max_minutes:g}-minute budget: {planned} of {cfg.max_steps} steps fit", flush=True)
-        out_of_time = budget is not None and budget.out_of_time()
         if main and (step % cfg.save_steps == 0 or out_of_time or step == cfg.max_steps):
-            save_checkpoint(out, step, unwrapped, optimizer, scheduler, cfg.save_total_limit)
+            save_checkpoint(out, step, unwrapped, optimizer, scheduler, cfg.save_total_limit, budget)
         accelerator.wait_for_everyone()
         if out_of_time:
             break

@@ -2,7 +2,9 @@
 
 In a process that a launcher started as one rank (RANK is set) and with MATHRL_PROBE_DIR set, it records
 into MATHRL_PROBE_DIR/rank-<RANK>.jsonl what each training step was given (token rows for SFT, prompts
-for GRPO), a checksum of the optimised parameters after every optimizer step, and every file write that goes through mathrl's writers or a model's save_pretrained.
+for GRPO), a checksum of the optimised parameters after every optimizer step, and every file write that goes through mathrl's writers or a model's save_pretrained. With
+MATHRL_PROBE_FAST_CLOCK=<rank>:<factor>, that rank's perf_counter runs <factor> times fast (ranks whose
+clocks disagree about a time budget).
 """
 
 import json
@@ -13,6 +15,12 @@ def _install() -> None:
     out, rank = os.environ.get("MATHRL_PROBE_DIR"), os.environ.get("RANK")
     if not out or rank is None:
         return
+    fast = os.environ.get("MATHRL_PROBE_FAST_CLOCK", "")
+    if fast and fast.split(":")[0] == rank:
+        import time
+
+        factor, real = float(fast.split(":")[1]), time.perf_counter
+        time.perf_counter = lambda: factor * real()
     import transformers
 
     from mathrl import files
