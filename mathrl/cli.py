@@ -141,7 +141,7 @@ def _write_task_data(task_name: str, config: str | None, n: int, seed: int, out:
 
     if n < 1:
         raise MathrlError(f"--n must be at least 1, got {n}")
-    size_key = "test_size" if split == "test" else "train_size"
+    size_key = {"test": "test_size", "validation": "validation_size"}.get(split, "train_size")
     samples = get_task(task_name, config, seed=seed, **{size_key: n}, **options).load(split)[:n]
     rows = [s.to_dict() for s in samples]
     if out.suffix == ".jsonl":
@@ -158,7 +158,7 @@ def data_linear(
     variables: str = typer.Option("2", help="2, 3 or 2-3 unknowns."),
     coef_range: int = typer.Option(9, help="Coefficients drawn from [-R, R]."),
     sol_range: int = typer.Option(10, help="Integer solutions drawn from [-R, R]."),
-    split: str = typer.Option("train", help="train or test stream (disjoint across every config, seed and size)."),
+    split: str = typer.Option("train", help="train, validation or test stream (disjoint across every config, seed and size)."),
     out: Path = typer.Option(..., help="Output file (.json list or .jsonl)."),
 ) -> None:
     """Systems of linear equations with a unique integer solution and worked elimination steps."""
@@ -169,7 +169,7 @@ def data_linear(
 def data_arithmetic(
     n: int = typer.Option(1000), seed: int = typer.Option(0),
     levels: str = typer.Option("1-3", help="1, 2, 3, 1-2, 2-3 or 1-3."),
-    split: str = typer.Option("train", help="train or test stream (disjoint across every config, seed and size)."),
+    split: str = typer.Option("train", help="train, validation or test stream (disjoint across every config, seed and size)."),
     out: Path = typer.Option(...),
 ) -> None:
     """The arithmetic ladder: one-step sums to three-step word problems, with worked solutions."""

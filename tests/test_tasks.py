@@ -84,7 +84,7 @@ def _raw_rows(path):
 def test_gsm8k_main_counts_and_gold(gsm8k_dir):
     task = get_task("gsm8k")
     test, train = task.load_test(), task.load_train()
-    assert len(test) == 1319 and len(train) == 7473
+    assert len(test) == 1319 and len(train) == 7473 - 465  # the validation slice is held out of train
     assert len({s.id for s in test}) == 1319
     assert test[0].answer == "18" and test[0].id == "gsm8k-main-test-0"
     raw = _raw_rows(gsm8k_dir / "test.jsonl")
@@ -487,3 +487,51 @@ def test_generated_split_is_a_function_of_the_question_alone():
     for i in range(20000):
         counts[generated_split(f"What is {i} + 1?")] += 1
     assert 1700 < counts["test"] < 2300 and 1700 < counts["validation"] < 2300
+
+
+# validation: disjoint from train and test for every task and config that has one (by question text)
+
+
+@pytest.mark.parametrize("name, configs", [("arithmetic", ("1", "2", "3", "1-2", "2-3", "1-3")),
+                                           ("linear_equations", ("2", "3", "2-3"))])
+def test_generated_validation_is_disjoint_from_every_train_and_test(name, configs):
+    small = {"coef_range": 1, "sol_range": 1} if name == "linear_equations" else {}
+    validation = {c: _questions(name, c, "validation") for c in configs}
+    for c in configs:
+        assert len(validation[c]) == 500
+        for other in configs:
+            for split in ("train", "test"):
+                shared = validation[c] & _questions(name, other, split, train_size=2000)
+                assert not shared, (name, c, other, split, sorted(shared)[:1])
+    if small:  # a tiny space: the validation stream still draws only its own bucket
+        tiny = _questions(name, "2", "validation", validation_size=5, **small)
+        assert not tiny & _questions(name, "2", "train", train_size=100, test_size=5, **small)
+
+
+def test_gsm8k_validation_is_a_fixed_slice_of_train_that_training_never_sees(gsm8k_dir):
+    from mathrl.tasks.base import held_for_validation
+
+    task = get_task("gsm8k")
+    validation, train, test = task.load("validation"), task.load_train(), task.load_test()
+    assert len(validation) == 465 and len(train) + len(validation) == 7473
+    v = {s.question for s in validation}
+    assert not v & {s.question for s in train} and not v & {s.question for s in test}
+    assert all(held_for_validation(q) for q in v) and validation[0].id.startswith("gsm8k-main-validation-")
+    # the same slice from a file in another order (a hub copy, say): it is chosen by text, not position
+    lines = (gsm8k_dir / "train.jsonl").read_text().splitlines()[::-1]
+    assert {s.question for s in get_task("gsm8k", data_dir=str(_reversed_copy(lines))).load("validation")} == v
+
+
+def _reversed_copy(lines):
+    import tempfile
+    from pathlib import Path
+
+    d = Path(tempfile.mkdtemp())
+    (d / "train.jsonl").write_text("\n".join(lines) + "\n")
+    (d / "test.jsonl").write_text("")
+    return d
+
+
+def test_test_only_held_out_sets_have_no_validation_split():
+    with pytest.raises(MathrlError, match="has no split 'validation'; choose one of: test"):
+        get_task("svamp").load("validation")

@@ -7,7 +7,7 @@ same for every config, level, seed and size, and each split's stream is drawn fr
 keeping only its own questions: no train question of any config is a test question of any config.
 
 Configs: "1", "2", "3", "1-2", "2-3", "1-3" (default). Options: seed (0), test_size (300),
-train_size (10000).
+validation_size (500), train_size (10000).
 """
 
 from __future__ import annotations
@@ -91,6 +91,7 @@ LEVELS = {1: level1, 2: level2, 3: level3}
 @register("arithmetic")
 class Arithmetic(Task):
     configs = ("1-3", "1", "2", "3", "1-2", "2-3")
+    splits = ("train", "validation", "test")
 
     @property
     def levels(self) -> list[int]:
@@ -111,5 +112,5 @@ class Arithmetic(Task):
         return generate_split(split, n, draw, f"arithmetic ({self.config})")
 
     def load_split(self, split: str) -> list[Sample]:
-        size = {"test": ("test_size", 300), "validation": ("validation_size", 300)}.get(split, ("train_size", 10000))
+        size = {"test": ("test_size", 300), "validation": ("validation_size", 500)}.get(split, ("train_size", 10000))
         return self._generate(split, int(self.options.get(*size)))

@@ -3,6 +3,11 @@
 Loads from a local directory (--data-dir or MATHRL_DATA_DIR) holding `train.jsonl`/`test.jsonl`
 (and `*_socratic.jsonl`), or the hub's parquet layout (`main/test-*.parquet`), or the parent of such a
 `gsm8k/` folder (the layout of a suite's data directory); otherwise from the hub through `datasets`.
+
+Splits: `test` (1,319), `validation` and `train`. GSM8K publishes no validation split: here it is the
+fixed slice of the train file whose questions hash into bucket 0 of 15 (`base.held_for_validation`;
+465 questions of the 7,473), and `train` is the other 7,008, so training never sees a validation
+question. Sample ids keep the train file's line (`gsm8k-main-validation-<row>`).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from pathlib import Path
 from mathrl import grading
 from mathrl.errors import MathrlError
 from mathrl.files import read_records
-from mathrl.tasks.base import Sample, Task, data_dir, load_hub, register, split_answer  # noqa: F401 - split_answer: re-exported
+from mathrl.tasks.base import Sample, Task, data_dir, held_for_validation, load_hub, register, split_answer  # noqa: F401 - split_answer: re-exported
 
 HUB_ID = "openai/gsm8k"
 
@@ -26,6 +31,7 @@ def clean_solution(text: str) -> str:
 @register("gsm8k")
 class GSM8K(Task):
     configs = ("main", "socratic")
+    splits = ("train", "validation", "test")
 
     def _local_files(self, root: Path, split: str) -> list[Path]:
         stem = split if self.config == "main" else f"{split}_socratic"
@@ -57,7 +63,9 @@ class GSM8K(Task):
 
     def load_split(self, split: str) -> list[Sample]:
         samples = []
-        for source, line, row in self._rows(split):
+        for source, line, row in self._rows("train" if split == "validation" else split):
+            if split != "test" and (split == "validation") != held_for_validation(str(row.get("question", ""))):
+                continue
             if "question" not in row or "answer" not in row:
                 missing = "question" if "question" not in row else "answer"
                 raise MathrlError(f"{source}:{line}: missing field {missing!r}")

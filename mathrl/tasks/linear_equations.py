@@ -86,6 +86,7 @@ def make_system(rng: random.Random, n: int, coef_range: int, sol_range: int) -> 
 @register("linear_equations")
 class LinearEquations(Task):
     configs = ("2", "3", "2-3")
+    splits = ("train", "validation", "test")
 
     def _generate(self, split: str, n: int) -> list[Sample]:
         """The first `n` systems of the seeded stream whose question belongs to `split` (`generated_split`)."""
