@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -244,6 +245,8 @@ def chat(
     from mathrl.generation import HFGenerator
     from mathrl.verdict import grade_completion
 
+    if questions and _looks_like_a_model(questions[0]):  # `mathrl chat runs/demo/grpo "q"`: the natural first try
+        raise MathrlError(f"{questions[0]!r} is a model, not a question; did you mean --model {questions[0]}?")
     proto = formats.Protocol(format=format, chat_template=chat_template)
     fmt = proto.resolved_format()
     params = DecodingSettings(max_new_tokens=max_new_tokens, temperature=temperature, stop=formats.default_stop(proto))
@@ -258,6 +261,16 @@ def chat(
         typer.echo(text)
         verdict = grade_completion(fmt, None, text, None)
         typer.secho(f"answer (strict): {verdict['pred_strict']}   (flexible): {verdict['pred_flexible']}", fg="cyan")
+
+
+def _looks_like_a_model(text: str) -> bool:
+    """An existing model or training directory, the built-in model's name, or a hub-like id (org/name)."""
+    from mathrl import models
+
+    path = Path(text)
+    if path.is_dir() and any((path / f).exists() for f in ("config.json", "adapter_config.json", "mathrl_config.json")):
+        return True
+    return text in models.EMBEDDED or bool(re.fullmatch(r"[\w.-]+/[\w.-]+", text)) and not path.exists()
 
 
 @app.command()

@@ -82,6 +82,15 @@ def _find(root: Path, marker: str) -> list[Path]:
     return sorted(p.parent for p in root.rglob(marker) if not _skipped(p.parent.relative_to(root)))
 
 
+def _has_reasoning_markers(format_name: Any) -> bool:
+    """Whether a thinking proportion means anything: only formats with explicit reasoning markers (tags,
+    think) say where working is; in the others any text before the answer would count."""
+    from mathrl.formats import FORMATS
+
+    fmt = FORMATS.get(str(format_name))
+    return fmt is not None and bool(fmt.reasoning_start and fmt.reasoning_end)
+
+
 def _label(root: Path, d: Path) -> str:
     return d.name if d == root else d.relative_to(root).as_posix()
 
@@ -261,7 +270,8 @@ def comparison_rows(evals: list[EvalRun]) -> list[dict[str, Any]]:
                 [[bool(r.get(f"correct_{metric}")) for r in g] for g in (ev.samples or {q: [r] for q, r in ev.rows.items()}).values()])
             row |= {f"accuracy_{metric}": round(acc, 4), f"ci_low_{metric}": round(low, 4),
                     f"ci_high_{metric}": round(high, 4), "interval": name}
-        row |= {"thinking_proportion": s.get("thinking_proportion"), "answer_proportion": s.get("answer_proportion"),
+        row |= {"thinking_proportion": s.get("thinking_proportion") if _has_reasoning_markers(p.get("format")) else None,
+                "answer_proportion": s.get("answer_proportion"),
                 "mean_tokens": s.get("mean_tokens"), "truncated_proportion": s.get("truncated_proportion"),
                 "tokens_per_second": s.get("generation", {}).get("tokens_per_second"), "path": str(ev.path)}
         out.append(row)
@@ -284,16 +294,40 @@ def paired_rows(evals: list[EvalRun], metric: str, n_resamples: int, seed: int) 
     return out
 
 
+def _first_last(rows: list[dict[str, Any]], key: str | None) -> tuple[float, float] | None:
+    values = [r[key] for r in rows if key and isinstance(r.get(key), (int, float))]
+    return (values[0], values[-1]) if values else None
+
+
+def _mean_of(rows: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+    return sum(values) / len(values) if values else None
+
+
 def training_rows(trains: list[TrainRun]) -> list[dict[str, Any]]:
+    """What each trainer measures: SFT its loss and the tokens it saw; GRPO/PPO the mean reward and the
+    sampled completions' correctness first → last step (with dynamic sampling, of the batches as drawn),
+    the share of groups with no reward spread, the last KL. None where a trainer has no such figure."""
     out = []
     for tr in trains:
         steps = [r for r in tr.log if "step" in r]
         alarms = [f"step {r.get('step', '?')}: {a}" for r in tr.log for a in _as_list(r.get("alarm"))]
-        losses = [r["loss"] for r in steps if isinstance(r.get("loss"), (int, float))]
-        rewards = [r["reward"] for r in steps if isinstance(r.get("reward"), (int, float))]
+        keys = {k for r in steps for k in r}
+        correct = next((k for k in sorted(keys) if k.startswith("dynamic/sampled/rewards/correctness") and k.endswith("/mean")),
+                       next((k for k in sorted(keys) if k.startswith("rewards/correctness") and k.endswith("/mean")), None))
+        reward = "dynamic/sampled/reward" if "dynamic/sampled/reward" in keys else "reward"
+        rl = tr.method in ("grpo", "ppo") or "reward" in keys
+        kls = [r["kl"] for r in steps if isinstance(r.get("kl"), (int, float))]
         out.append({"label": tr.label, "method": tr.method, "steps": max((r["step"] for r in steps), default=0),
                     "train_seconds": tr.record.get("train_seconds"),
-                    "final_loss": losses[-1] if losses else None, "final_reward": rewards[-1] if rewards else None,
+                    "loss": None if rl else _first_last(steps, "loss"),
+                    "train_tokens": None if rl else tr.record.get("train_tokens"),
+                    "reward": _first_last(steps, reward) if rl else None,
+                    "sampled_accuracy": _first_last(steps, correct) if rl else None,
+                    "zero_spread": (_mean_of(steps, "dynamic/zero_std_before") if "dynamic/zero_std_before" in keys
+                                    else _mean_of(steps, "frac_reward_zero_std")) if rl else None,
+                    "kl": kls[-1] if rl and kls else None,
+                    "peak_rss_gb": tr.record.get("peak_memory_gb"),
                     "alarms": alarms, "path": str(tr.path)})
     return out
 

@@ -78,7 +78,10 @@ def summary_table(comparison: list[dict[str, Any]], metric: str) -> str:
                      _td(acc["flexible"], "num" + (" primary" if metric == "flexible" else "")),
                      _td(_pct(r["thinking_proportion"]), "num"), _td(_pct(r["answer_proportion"]), "num"),
                      _td(_num(r["mean_tokens"]), "num"), _td(_num(r["tokens_per_second"]), "num")])
-    return _table(headers, rows, "summary")
+    return _table(headers, rows, "summary") + (
+        '<p class="note">thinking: the share of completions with non-empty working between the format\'s reasoning '
+        "markers (tags, think formats); — for formats without markers, where any text before the answer would "
+        "count. answer: the share with an answer in the format's strict form.</p>")
 
 
 def paired_table(paired: list[dict[str, Any]], metric: str) -> str:
@@ -111,14 +114,29 @@ def _img(path: Path, alt: str) -> str:
     return f'<img alt="{escape(alt)}" src="data:image/png;base64,{data}">'
 
 
+def _arrow(pair: Any, pct: bool = False) -> str:
+    if not pair:
+        return "—"
+    fmt = _pct if pct else _num
+    return f"{fmt(pair[0])} → {fmt(pair[1])}"
+
+
 def training_section(training: list[dict[str, Any]], plots: dict[str, Path]) -> str:
     if not training:
         return ""
+    dash = lambda x, f=_num: "—" if x is None else f(x)  # noqa: E731
     rows = [[_td(escape(t["label"])), _td(escape(str(t["method"]))), _td(str(t["steps"]), "num"),
-             _td(_num(t["train_seconds"]), "num"), _td(_num(t["final_loss"]), "num"), _td(_num(t["final_reward"]), "num"),
+             _td(_num(t["train_seconds"]), "num"), _td(_arrow(t["loss"]), "num"), _td(dash(t["train_tokens"]), "num"),
+             _td(_arrow(t["reward"]), "num"), _td(_arrow(t["sampled_accuracy"], pct=True), "num"),
+             _td(dash(t["zero_spread"], _pct), "num"), _td(dash(t["kl"]), "num"),
              _td("<br>".join(escape(a) for a in t["alarms"][:20]) or "-")] for t in training]
-    parts = ["<h2>Training runs</h2>",
-             _table(["run", "method", "steps", "train seconds", "final loss", "final reward", "alarms"], rows)]
+    headers = ["run", "trainer", "steps", "train seconds", "loss first → last", "tokens seen", "reward first → last",
+               "sampled accuracy first → last", "zero-spread groups", "KL (last)", "alarms"]
+    parts = ["<h2>Training runs</h2>", _table(headers, rows),
+             '<p class="note">Each trainer shows what it measures: SFT its loss and the tokens it trained on; '
+             "GRPO and PPO the mean reward and the correctness of their sampled completions at the first and last "
+             "step (with dynamic sampling: of the batches as drawn, before refills), the mean share of groups "
+             "whose completions all got the same reward, and the last KL to the reference.</p>"]
     for t in training:
         png = plots.get(f"curves:{t['label']}")
         if png is not None:

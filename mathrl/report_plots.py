@@ -51,6 +51,12 @@ def _errors(rows: list[dict[str, Any]], metric: str) -> list[list[float]]:
             [max(0.0, r[f"ci_high_{metric}"] - a) for a, r in zip(acc, rows)]]
 
 
+def interval_label(rows: list[dict[str, Any]]) -> str:
+    """The interval the bars carry: the one the summary table uses (`stats.accuracy_interval`'s name)."""
+    names = sorted({str(r.get("interval")) for r in rows if r.get("interval")})
+    return f"95% {' / '.join(names)} interval" if names else "95% interval"
+
+
 def accuracy_bar(rows: list[dict[str, Any]], metric: str, path: Path) -> Path:
     """Every evaluation as one horizontal bar (long labels stay readable), coloured by method."""
     plt = _plt()
@@ -67,7 +73,7 @@ def accuracy_bar(rows: list[dict[str, Any]], metric: str, path: Path) -> Path:
     ax.set_yticks(y, labels, fontsize=9)
     ax.set_xlim(0, 1.3)
     ax.set_xticks([i / 5 for i in range(6)], [f"{i * 20}%" for i in range(6)])
-    ax.set_xlabel(f"accuracy ({metric}), 95% bootstrap interval")
+    ax.set_xlabel(f"accuracy ({metric}), {interval_label(rows)}")
     ax.set_title("Accuracy of every evaluation")
     ax.grid(axis="x", alpha=0.3)
     methods = [m for m in METHOD_COLORS if any(r["method"] == m for r in rows)]
@@ -154,10 +160,6 @@ def eval_template_scatter(rows: list[dict[str, Any]], metric: str, path: Path) -
                     yerr=[[y - on[f"ci_low_{metric}"]], [on[f"ci_high_{metric}"] - y]], fmt="o", capsize=3,
                     color=METHOD_COLORS.get(on["method"], "#bcbd22"))
         ax.annotate(f"{on['model']} ({on['format']})", (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
-    if not pairs:
-        ax.text(0.5, 0.55, "No model was evaluated both with and\nwithout the chat template (same task,\n"
-                "format and shots), so there is nothing to compare.", ha="center", va="center", fontsize=10,
-                transform=ax.transAxes, bbox={"facecolor": "#f4f4f4", "edgecolor": "#cccccc"})
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ticks = [i / 5 for i in range(6)]
@@ -219,7 +221,8 @@ def write_all(out: Path, comparison: list[dict[str, Any]], trains: list[Any], me
     if comparison:
         plots["accuracy_bar"] = accuracy_bar(comparison, metric, out / "accuracy_bar.png")
         plots["accuracy_grouped"] = accuracy_grouped(comparison, metric, out / "accuracy_grouped.png")
-        plots["eval_template_scatter"] = eval_template_scatter(comparison, metric, out / "eval_template_scatter.png")
+        if template_pairs(comparison):  # a plot with nothing to show is left out
+            plots["eval_template_scatter"] = eval_template_scatter(comparison, metric, out / "eval_template_scatter.png")
     for tr in trains:
         png = training_curves(tr.log, tr.label, out / f"curves_{safe_name(tr.label)}.png")
         if png is not None:

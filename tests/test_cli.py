@@ -224,3 +224,13 @@ def test_chat_answers_several_questions_in_one_call(tiny_model_dir):
     assert res.exit_code == 0, res.output
     assert "> What is 1 + 1?" in res.output and "> What is 2 + 3?" in res.output
     assert res.output.count("answer (strict):") == 2
+
+
+@pytest.mark.parametrize("first", ["MODEL_DIR", "Qwen/Qwen2.5-0.5B-Instruct", "smollm2-135m"])
+def test_chat_with_a_model_as_the_first_question_exits_with_a_hint(tiny_model_dir, first):
+    """`mathrl chat runs/demo/grpo "q"` answered "runs/demo/grpo" as a question with the default model."""
+    first = str(tiny_model_dir) if first == "MODEL_DIR" else first
+    proc = mathrl("chat", first, "What is 1 + 1?")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"did you mean --model {first}?" in lines[0] and "Traceback" not in proc.stderr

@@ -326,3 +326,33 @@ def test_result_rows_are_typed_and_a_foreign_row_is_named(tmp_path):
     (d / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(MathrlError, match=r"results\.jsonl:2: a result row without correct_strict"):
         build_report([d], tmp_path / "r")
+
+
+def test_the_report_says_only_true_things(experiment, tmp_path, monkeypatch):
+    """The bar plot's axis read "95% bootstrap interval" over the table's Wilson intervals; every gsm8k-format
+    model showed "thinking 100%"; an empty chat-template scatter was drawn; the training table showed a
+    "final reward" for SFT and a loss for GRPO."""
+    from matplotlib.axes import Axes
+
+    labels = []
+    set_xlabel = Axes.set_xlabel
+    monkeypatch.setattr(Axes, "set_xlabel", lambda self, text, *a, **k: (labels.append(text), set_xlabel(self, text, *a, **k))[1])
+    res = build_report([experiment], tmp_path / "r", n_resamples=200)
+    intervals = {r["interval"] for r in res["comparison"]}
+    bar_label = next(t for t in labels if t.startswith("accuracy (strict), 95%"))
+    assert all(name in bar_label for name in intervals) and "bootstrap" not in bar_label
+    thinking = {r["label"]: r["thinking_proportion"] for r in res["comparison"]}
+    assert thinking["grpo-eval"] == 1.0 and thinking["sft-eval"] is None and thinking["base-eval"] is None  # tags vs gsm8k
+    html = Path(res["html"]).read_text(encoding="utf-8")
+    assert "reasoning markers" in html
+    rows = {t["label"]: t for t in res["training"]}
+    assert rows["sft"]["loss"] == (1.0, 1.0 / 20) and rows["sft"]["reward"] is None
+    assert rows["grpo"]["loss"] is None and rows["grpo"]["reward"] == (1 / 20, 1.0)
+    assert rows["grpo"]["sampled_accuracy"] == (1 / 40, 0.5) and rows["grpo"]["kl"] == pytest.approx(0.2)
+    assert "sampled accuracy first → last" in html and "final reward" not in html
+    # without a with/without-template pair there is no chat-template plot at all
+    import shutil
+
+    shutil.rmtree(experiment / "sft-eval-raw")
+    res = build_report([experiment], tmp_path / "r2", n_resamples=200)
+    assert not (tmp_path / "r2" / "eval_template_scatter.png").exists() and "eval_template_scatter.png" not in res["files"]
