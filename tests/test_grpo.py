@@ -340,3 +340,12 @@ def test_completions_that_end_at_a_stop_string_are_not_truncated(tiny_model_dir,
     kept = out["completion_mask"].sum(1).tolist()
     assert kept == [len(fixed[i % 4]) if i % 4 != 3 else 0 for i in range(8)]  # TRL's: only the EOS rows kept
     assert int(out["num_items_in_batch"]) == sum(kept)
+
+
+def test_grpo_console_shows_reward_and_accuracy_not_dicts(tiny_model_dir, tmp_path, capfd):
+    run_grpo(make_cfg(tiny_model_dir, tmp_path, max_steps=2))
+    out = capfd.readouterr()
+    text = out.out + out.err
+    assert "{'loss'" not in text and "'dynamic/" not in text
+    header = text[text.index("grpo: 2 steps"):].splitlines()[1].split()
+    assert header[:4] == ["step", "reward", "acc", "lr"]

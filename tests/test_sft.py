@@ -200,3 +200,18 @@ def test_a_time_budget_refits_the_schedule_to_the_steps_that_fit(tiny_model_dir,
     lrs = [r["learning_rate"] for r in map(json.loads, (tmp_path / "out" / "train_log.jsonl").read_text().splitlines())
            if "learning_rate" in r]
     assert lrs[-1] < 0.5 * 1e-3, lrs[-5:]
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_training_prints_one_live_line_and_a_summary_not_a_wall_of_dicts(tiny_model_dir, tmp_path, capfd, verbose):
+    """The demo printed 123 raw `{'loss': ...}` lines; by default a stage shows a progress line and a
+    summary table, and `--verbose` brings the full dicts back. train_log.jsonl has every step either way."""
+    run_sft(make_cfg(tiny_model_dir, tmp_path, max_steps=5, verbose=verbose))
+    out = capfd.readouterr()
+    text = out.out + out.err
+    assert ("{'loss'" in text) == verbose
+    if not verbose:
+        table = text[text.index("sft: 5 steps"):].splitlines()[1:]
+        rows = [line.split() for line in table[1:] if line.split() and line.split()[0].isdigit()]
+        assert table[0].split()[:3] == ["step", "loss", "lr"] and rows[0][0] == "1" and rows[-1][0] == "5"
+    assert len([line for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines() if '"loss"' in line]) == 5

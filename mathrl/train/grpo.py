@@ -107,6 +107,7 @@ def build_trainer(cfg: GRPORunConfig) -> tuple[Any, list[Sample], dict[str, Any]
     from mathrl.distributed import is_main_process
     from mathrl.train.dynamic_sampling import DynamicFastGRPOTrainer, DynamicGRPOTrainer
     from mathrl.train.fast_grpo import FastGRPOTrainer, fast_path_supported
+    from mathrl.train.progress import quiet_progress
 
     cfg.validate()
     vllm = _use_vllm(cfg)  # before loading anything: a missing vLLM is a one-line error
@@ -155,7 +156,9 @@ def build_trainer(cfg: GRPORunConfig) -> tuple[Any, list[Sample], dict[str, Any]
         kwargs.update(max_refills=cfg.max_refills, prompt_policy=cfg.prompt_policy)
     cls = {(True, True): DynamicFastGRPOTrainer, (True, False): FastGRPOTrainer,
            (False, True): DynamicGRPOTrainer, (False, False): GRPOTrainer}[(bool(fast), bool(dynamic))]
-    return cls(**kwargs), samples, info
+    trainer = cls(**kwargs)
+    quiet_progress(trainer, "grpo", rl=True, verbose=cfg.verbose)
+    return trainer, samples, info
 
 
 def run_grpo(cfg: GRPORunConfig) -> dict[str, Any]:

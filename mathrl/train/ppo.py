@@ -212,7 +212,7 @@ def run_ppo(cfg: PPORunConfig) -> dict[str, Any]:
     if budget is not None and budget.stop_after is not None and budget.stop_after < cfg.max_steps:
         planned = budget.stop_after  # the horizon the run was refit to before it was interrupted
         common.fit_schedule(scheduler, cfg.lr_scheduler, cfg.warmup_steps * updates_per_step, planned * updates_per_step)
-    bar = tqdm(total=cfg.max_steps, initial=start_step, desc="ppo", unit="step", disable=not main, dynamic_ncols=True)
+    bar = tqdm(total=planned, initial=start_step, desc="ppo", unit="step", disable=not main, dynamic_ncols=True)
     while step < cfg.max_steps:
         t0 = time.perf_counter()
         torch.manual_seed(cfg.seed + 1009 * step + accelerator.process_index)  # resumes draw the same rollouts
@@ -242,10 +242,12 @@ def run_ppo(cfg: PPORunConfig) -> dict[str, Any]:
                                     for p, c, r in zip(*texts)])
         bar.update(1)
         bar.set_postfix(reward=f"{row['reward']:.3f}", kl=f"{row.get('kl', 0.0):.3f}")
+        if cfg.verbose and main:
+            bar.write(str(row))
         horizon, out_of_time = budget.decide(step, cfg.max_steps) if budget else (None, False)
         if horizon is not None and horizon < cfg.max_steps:
             # the schedule follows the steps that fit in the budget, not the max_steps it was built for
-            planned = horizon
+            planned = bar.total = horizon
             common.fit_schedule(scheduler, cfg.lr_scheduler, cfg.warmup_steps * updates_per_step, planned * updates_per_step)
             if main:
                 print(f"[mathrl] {cfg.max_minutes:g}-minute budget: {planned} of {cfg.max_steps} steps fit", flush=True)
@@ -256,6 +258,11 @@ def run_ppo(cfg: PPORunConfig) -> dict[str, Any]:
             break
     bar.close()
     train_seconds = time.perf_counter() - began
+    if main:
+        from mathrl.train.progress import summary_table
+
+        pace = train_seconds / max(1, step - start_step)
+        print(summary_table(rows, f"ppo: {step} steps, {pace:.1f} s/step", rl=True), flush=True)
     record = {
         "trainer": "ppo", "config": asdict(cfg), "base_model": info, "num_prompts": len(samples),
         "train_seconds": round(train_seconds, 1), "global_step": step, "planned_steps": planned,

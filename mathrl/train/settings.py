@@ -80,6 +80,8 @@ class TrainSettings(PromptSettings):
     save_steps: int = opt(50, "checkpoint every this many steps")
     save_total_limit: int = opt(2, "checkpoints kept")
     seed: int = opt(42, "training seed")
+    verbose: bool = opt(False, "print every logged step's metrics (default: one live line and a summary table; "
+                               "train_log.jsonl always has them all)")
     merge: bool = opt(False, "LoRA: also write merged full weights")
     resume: bool = opt(False, "continue from the last checkpoint in output_dir")
     output_dir: str = opt("runs/train", "where the model, log and curves go")

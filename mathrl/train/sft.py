@@ -104,6 +104,7 @@ def build_trainer(cfg: SFTRunConfig) -> tuple[Any, list[Sample], dict[str, Any],
     from mathrl import models
     from mathrl.distributed import is_main_process
     from mathrl.train import common
+    from mathrl.train.progress import quiet_progress
     from mathrl.train.sft_fast import FastSFTTrainer, fast_path_supported
 
     cfg.validate()
@@ -135,6 +136,7 @@ def build_trainer(cfg: SFTRunConfig) -> tuple[Any, list[Sample], dict[str, Any],
     trainer_class = FastSFTTrainer if cfg.fast and not unsupported else SFTTrainer
     trainer = trainer_class(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                             peft_config=peft_config, callbacks=callbacks)
+    quiet_progress(trainer, "sft", rl=False, verbose=cfg.verbose)
     return trainer, samples, info, new_tokens
 
 
