@@ -27,12 +27,13 @@ import time
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from mathrl.errors import MathrlError
 from mathrl.experiment import Stage, experiment_budget, load_experiments, load_kind, rebuild
 from mathrl.files import atomic_write_json
 
+_clock = time.perf_counter  # the budget's clock (a test's fake one stands in)
 DONE = ("cached", "ran", "resumed")  # outcomes after which dependants may run
 KNOWN_TEST_SIZES = {"gsm8k": 1319, "arithmetic": 300, "linear_equations": 500, "svamp": 300, "gsm_hard": 1319,
                     "asdiv": 2305, "mawps": 520, "gsm_plus": 10552, "math500": 500, "math": 5000}  # dry-run estimate only (hub sizes)
@@ -197,9 +198,27 @@ def write_manifest(experiment: str, stages: list[Stage], states: dict[str, str],
                       {"experiment": experiment, "file": source, "updated": _now(), "stages": entries})
 
 
+def still_to_run(later: list[Stage], status: dict[str, tuple[str, Any]],
+                 outcomes: dict[str, str]) -> tuple[set[str], set[str]]:
+    """(stages of `later` that will run: not cached, not blocked by a failure; the training stages among
+    them that have not started: todo or stale, so a plan may still resize them)."""
+    doomed = {n for n, o in outcomes.items() if o in ("failed", "blocked")}
+    pending, open_ = set(), set()
+    for st in later:
+        if any(d in doomed for d in st.deps):
+            doomed.add(st.name)
+        elif status[st.name][0] != "done":
+            pending.add(st.name)
+            if st.kind != "eval" and status[st.name][0] in ("todo", "stale"):
+                open_.add(st.name)
+    return pending, open_
+
+
 def run_experiment(experiment: str, stages: list[Stage], runs_dir: Path, source: str, console: Any,
-                   only_eval: bool = False) -> dict[str, str]:
-    """Stage name → outcome: cached | ran | resumed | failed | blocked | not selected."""
+                   only_eval: bool = False, on_stage_end: Callable[[str, set[str], set[str]], None] | None = None,
+                   ) -> dict[str, str]:
+    """Stage name → outcome: cached | ran | resumed | failed | blocked | not selected. After each stage
+    that ran (or failed), `on_stage_end(its name, stages still to run, training stages not started)`."""
     plan = plan_status(stages)
     selected = [st for st in stages if st.kind == "eval" or not only_eval]
     outcomes = {st.name: ("cached" if plan[st.name][0] == "done" else "not selected") for st in stages}
@@ -226,6 +245,8 @@ def run_experiment(experiment: str, stages: list[Stage], runs_dir: Path, source:
         outcomes[st.name] = outcome
         states[st.name] = "done" if outcome in DONE else outcome
         write_manifest(experiment, stages, states, runs_dir, source)
+        if on_stage_end is not None:
+            on_stage_end(st.name, *still_to_run(selected[i:], plan, outcomes))
     write_manifest(experiment, stages, states, runs_dir, source)
     return outcomes
 
@@ -314,7 +335,7 @@ def run_file(path: str | Path, experiments: list[str] | None = None, *, only_eva
     results: dict[str, dict[str, str]] = {}
     for name, stages in loaded.items():
         exp_dir = runs_dir / name
-        began = time.perf_counter()
+        began = _clock()
         plan = None
         wanted_budget = budget or experiment_budget(path, name)
         if wanted_budget and not only_report:
@@ -335,7 +356,12 @@ def run_file(path: str | Path, experiments: list[str] | None = None, *, only_eva
             write_manifest(name, stages, {n: s for n, (s, _) in plan.items()}, runs_dir, str(path))
             outcomes = {n: ("cached" if s == "done" else "not selected") for n, (s, _) in plan.items()}
         else:
-            outcomes = run_experiment(name, stages, runs_dir, str(path), console, only_eval=only_eval)
+            from mathrl.budget import Replanner
+
+            replanner = Replanner(stages, plan, began, exp_dir, str(path), console, _clock) if plan is not None else None
+            outcomes = run_experiment(name, stages, runs_dir, str(path), console, only_eval=only_eval,
+                                      on_stage_end=replanner)
+            plan = replanner.plan if replanner is not None else None
             print_outcomes(name, stages, outcomes, console)
         print_accuracy(stages, console)
         if any(st.kind == "eval" and (st.out / "summary.json").exists() for st in stages):
@@ -346,7 +372,7 @@ def run_file(path: str | Path, experiments: list[str] | None = None, *, only_eva
         if plan is not None and not only_report and all(o in ("ran", "resumed") for o in outcomes.values()):
             from mathrl import budget as budgets
 
-            plan["actual"] = budgets.report_actual(plan, time.perf_counter() - began, console)
+            plan["actual"] = budgets.report_actual(plan, _clock() - began, console)
             atomic_write_json(exp_dir / "plan.json", plan)
         results[name] = outcomes
     return results

@@ -415,3 +415,70 @@ def test_ctrl_c_during_an_evaluation_stops_the_run_and_keeps_what_it_wrote(tiny_
     assert 2 <= len(kept) < 400
     other = raw if first == chat else chat
     assert not (other / "results.jsonl").exists()  # the next stage did not start
+
+
+# ---------------------------------------------------------------- budgets: re-planning as stages end
+
+
+@dataclasses.dataclass
+class PlannedConfig:
+    model: str = "base"
+    max_steps: int = 100
+    max_minutes: float | None = None
+    seconds: float = 0.0  # how long the stage takes on the test's clock
+    output_dir: str = "out"
+    resume: bool = False
+
+
+CLOCK = [0.0]
+PLANNED_CALLS: list[PlannedConfig] = []
+
+
+def run_planned(cfg: PlannedConfig) -> dict:
+    PLANNED_CALLS.append(cfg)
+    CLOCK[0] += cfg.seconds
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    return {"global_step": cfg.max_steps}
+
+
+def test_budget_replans_the_stages_not_started_from_the_time_used(tmp_path, monkeypatch, fake_report):
+    """The first stage took 400 s of a plan that gave it ~268: the second, not started yet, gets what is
+    left of the budget (it kept its first plan's steps, and the run overran). The re-plan is written to
+    plan.json, so a rerun rebuilds the same settings and finds every stage cached."""
+    from mathrl import budget, runner
+
+    module = types.ModuleType("planned_trainer")
+    module.PlannedConfig, module.run_planned = PlannedConfig, run_planned
+    monkeypatch.setitem(sys.modules, "planned_trainer", module)
+    monkeypatch.setitem(experiment.KINDS, "sft", ("planned_trainer", "PlannedConfig", "run_planned"))
+    monkeypatch.setattr(runner, "_clock", lambda: CLOCK[0], raising=False)
+    CLOCK[0] = 0.0
+    PLANNED_CALLS.clear()
+    cal = budget.Calibration(model="m", dtype="float32", cpu_flags="avx2", decode_tokens_per_s=50.0, decode_batch=4,
+                             train_tokens_per_s=100.0, train_batch=4, seconds=3.0)
+
+    def plan_experiment(stages, budget_s, exp_dir, console, replan=False, write=True):  # no model: fixed rates
+        path = exp_dir / "plan.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        plan = budget.make_plan(stages, budget_s, cal, prompt_len=40, solution_len=10, n_questions=300)
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(plan))
+        return plan
+
+    monkeypatch.setattr(budget, "plan_experiment", plan_experiment)
+    runs, f = tmp_path / "runs", tmp_path / "exp.yaml"
+    write_exp(f, {"budget": "10m", "stages": {"a": {"kind": "sft", "seconds": 400},
+                                              "b": {"kind": "sft", "from": "a", "seconds": 10}}})
+    out, text = run(f, runs)
+    assert out == {"a": "ran", "b": "ran"}
+    first = budget.make_plan(experiment.load_experiments(f, runs)["tiny"], 600, cal, 40, 10, 300)["stages"]
+    step = first["b"]["step_s"]  # 16 rows x 51 tokens / 100 tokens/s
+    assert step == pytest.approx(8.16) and PLANNED_CALLS[0].max_steps == first["a"]["max_steps"] == 32
+    left = 600 * (1 - budget.MARGIN) - 400 - budget.REPORT_OVERHEAD_S - budget.STAGE_OVERHEAD_S
+    assert PLANNED_CALLS[1].max_steps == int(left // step) < first["b"]["max_steps"]
+    assert PLANNED_CALLS[1].max_minutes == pytest.approx(left / 60, abs=0.01)
+    saved = json.loads((runs / "tiny" / "plan.json").read_text())
+    assert saved["stages"]["b"]["max_steps"] == PLANNED_CALLS[1].max_steps and "re-planned after a" in text
+    out, _ = run(f, runs)
+    assert out == {"a": "cached", "b": "cached"} and len(PLANNED_CALLS) == 2
