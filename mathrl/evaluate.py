@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
-from mathrl import formats
+from mathrl import formats, memory
 from mathrl.config import TaskSettings, opt
 from mathrl.errors import MathrlError
 from mathrl.records import ResultRow
@@ -258,6 +258,7 @@ def run_eval(cfg: EvalConfig, model_bundle: Any = None) -> dict[str, Any]:
     from mathrl import generation, models
 
     t0 = time.perf_counter()
+    memory.reset_peak()
     task = get_task(cfg.task, cfg.task_config, data_dir=cfg.data_dir, **cfg.task_args)
     fmt = cfg.protocol.resolved_format()
     params = cfg.sampling()
@@ -322,6 +323,7 @@ def run_eval(cfg: EvalConfig, model_bundle: Any = None) -> dict[str, Any]:
         decoding=params.effective() | {"backend": backend, "batch_size": cfg.batch_size},
         versions=library_versions(),
         wall_seconds=round(wall, 2),
+        memory=memory.peak(),
     )
     if gen_stats.get("seconds") and todo:
         summary["generation"] = gen_stats | {

@@ -327,7 +327,7 @@ def training_rows(trains: list[TrainRun]) -> list[dict[str, Any]]:
                     "zero_spread": (_mean_of(steps, "dynamic/zero_std_before") if "dynamic/zero_std_before" in keys
                                     else _mean_of(steps, "frac_reward_zero_std")) if rl else None,
                     "kl": kls[-1] if rl and kls else None,
-                    "peak_rss_gb": tr.record.get("peak_memory_gb"),
+                    "peak_rss_gb": (tr.record.get("memory") or {}).get("peak_rss_gb"),
                     "alarms": alarms, "path": str(tr.path)})
     return out
 

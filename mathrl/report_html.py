@@ -128,10 +128,10 @@ def training_section(training: list[dict[str, Any]], plots: dict[str, Path]) -> 
     rows = [[_td(escape(t["label"])), _td(escape(str(t["method"]))), _td(str(t["steps"]), "num"),
              _td(_num(t["train_seconds"]), "num"), _td(_arrow(t["loss"]), "num"), _td(dash(t["train_tokens"]), "num"),
              _td(_arrow(t["reward"]), "num"), _td(_arrow(t["sampled_accuracy"], pct=True), "num"),
-             _td(dash(t["zero_spread"], _pct), "num"), _td(dash(t["kl"]), "num"),
+             _td(dash(t["zero_spread"], _pct), "num"), _td(dash(t["kl"]), "num"), _td(dash(t["peak_rss_gb"]), "num"),
              _td("<br>".join(escape(a) for a in t["alarms"][:20]) or "-")] for t in training]
     headers = ["run", "trainer", "steps", "train seconds", "loss first → last", "tokens seen", "reward first → last",
-               "sampled accuracy first → last", "zero-spread groups", "KL (last)", "alarms"]
+               "sampled accuracy first → last", "zero-spread groups", "KL (last)", "peak RSS (GB)", "alarms"]
     parts = ["<h2>Training runs</h2>", _table(headers, rows),
              '<p class="note">Each trainer shows what it measures: SFT its loss and the tokens it trained on; '
              "GRPO and PPO the mean reward and the correctness of their sampled completions at the first and last "

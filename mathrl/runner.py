@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from mathrl import memory
 from mathrl.errors import MathrlError
 from mathrl.experiment import Stage, experiment_budget, load_experiments, load_kind, rebuild
 from mathrl.files import atomic_write_json
@@ -162,6 +163,8 @@ def run_stage(st: Stage, status: str, rec: dict[str, Any] | None, inputs: dict[s
         st.out.mkdir(parents=True, exist_ok=True)
         (st.out / "error.log").unlink(missing_ok=True)  # an earlier attempt's traceback: not this attempt's
         atomic_write_json(st.out / "stage.json", record)
+        memory.release()  # what the previous stage freed, before this stage's peak starts
+        memory.reset_peak()
         out = fn(cfg)
     except KeyboardInterrupt:
         record.update(status="interrupted", seconds=round(time.perf_counter() - start, 1))
@@ -169,7 +172,8 @@ def run_stage(st: Stage, status: str, rec: dict[str, Any] | None, inputs: dict[s
             atomic_write_json(st.out / "stage.json", record)
         raise
     except Exception as e:  # noqa: BLE001 - any failure is recorded; independent stages go on
-        record.update(status="failed", error=_one_line(e), seconds=round(time.perf_counter() - start, 1))
+        record.update(status="failed", error=_one_line(e), seconds=round(time.perf_counter() - start, 1),
+                      memory=memory.peak())
         st.out.mkdir(parents=True, exist_ok=True)
         if not isinstance(e, MathrlError):
             (st.out / "error.log").write_text(traceback.format_exc())
@@ -179,7 +183,7 @@ def run_stage(st: Stage, status: str, rec: dict[str, Any] | None, inputs: dict[s
                       + (f" (traceback in {record['traceback']})" if "traceback" in record else ""))
         return "failed", record
     record.update(status="done", finished=_now(), seconds=round(time.perf_counter() - start, 1),
-                  result=_result(st.kind, out))
+                  result=_result(st.kind, out), memory=memory.peak())
     atomic_write_json(st.out / "stage.json", record)
     return ("resumed" if resuming else "ran"), record
 

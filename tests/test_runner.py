@@ -79,6 +79,11 @@ def test_end_to_end_cache_and_partial_rerun(tiny_model_dir, tmp_path, fake_repor
         rec = stage_json(runs, name)
         assert rec["status"] == "done" and rec["result"]["n"] == 4 and len(rec["key"]) == 64
         assert len((runs / "tiny" / name / "results.jsonl").read_text().splitlines()) == 4
+    # every stage, its training record and its summary carry the stage's measured peak memory
+    for name in ["sft", *evals]:
+        assert 0 < stage_json(runs, name)["memory"]["peak_rss_gb"] < 64
+    assert json.loads((runs / "tiny" / "sft" / "mathrl_config.json").read_text())["memory"]["peak_rss_gb"] > 0
+    assert json.loads((runs / "tiny" / evals[0] / "summary.json").read_text())["memory"]["peak_rss_gb"] > 0
     rec = stage_json(runs, "eval/sft/arithmetic.1-gsm8k-chat-0shot")
     assert rec["depends_on"] == {"sft": stage_json(runs, "sft")["key"]}
     assert rec["config"]["model"] == str(runs / "tiny" / "sft")

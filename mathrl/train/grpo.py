@@ -163,11 +163,13 @@ def build_trainer(cfg: GRPORunConfig) -> tuple[Any, list[Sample], dict[str, Any]
 
 def run_grpo(cfg: GRPORunConfig) -> dict[str, Any]:
     """Train, save model + tokenizer + log + reward curves into cfg.output_dir; return the run record."""
+    from mathrl import memory
     from mathrl.provenance import library_versions
     from mathrl.train import common, saving
     from mathrl.train.fast_grpo import FastGRPOTrainer
 
     cfg.validate()
+    memory.reset_peak()  # this run's peak, in the record (a runner process ran other stages before)
     out = Path(cfg.output_dir)
     checkpoint = common.checkpoint_to_resume(out, cfg.resume)
     trainer, samples, info = build_trainer(cfg)
@@ -191,7 +193,7 @@ def run_grpo(cfg: GRPORunConfig) -> dict[str, Any]:
         "decoding": cfg.decoding().effective() if isinstance(trainer, FastGRPOTrainer) else
         {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_completion_length,
          "sampler": "trl", "stop": []},
-        "resumed_from": checkpoint, "versions": library_versions(),
+        "resumed_from": checkpoint, "versions": library_versions(), "memory": memory.peak(),
     }
     saving.finish_run(trainer, out, cfg.model, cfg.merge, record)
     return record

@@ -152,6 +152,7 @@ def run_ppo(cfg: PPORunConfig) -> dict[str, Any]:
     from transformers import get_scheduler
 
     from mathrl import models
+    from mathrl import memory
     from mathrl.provenance import library_versions
     from mathrl.rewards import build_rewards
     from mathrl.train import common
@@ -159,6 +160,7 @@ def run_ppo(cfg: PPORunConfig) -> dict[str, Any]:
     from mathrl.train.saving import save_model
 
     cfg.validate()
+    memory.reset_peak()  # this run's peak, in the record (a runner process ran other stages before)
     out = Path(cfg.output_dir)
     checkpoint = common.checkpoint_to_resume(out, cfg.resume)
     samples = training_prompts(cfg)
@@ -270,6 +272,7 @@ def run_ppo(cfg: PPORunConfig) -> dict[str, Any]:
         "reward_first": rows[0]["reward"] if rows else None, "reward_last": rows[-1]["reward"] if rows else None,
         "alarms": [r["alarm"] for r in rows if "alarm" in r], "resumed_from": checkpoint,
         "world_size": accelerator.num_processes, "decoding": settings.effective(), "versions": library_versions(),
+        "memory": memory.peak(),
     }
     if main:
         from safetensors.torch import save_file

@@ -142,10 +142,12 @@ def build_trainer(cfg: SFTRunConfig) -> tuple[Any, list[Sample], dict[str, Any],
 
 def run_sft(cfg: SFTRunConfig) -> dict[str, Any]:
     """Train, save model + tokenizer + config + log + curves into cfg.output_dir; return the run record."""
+    from mathrl import memory
     from mathrl.provenance import library_versions
     from mathrl.train import common, saving
 
     cfg.validate()
+    memory.reset_peak()  # this run's peak, in the record (a runner process ran other stages before)
     out = Path(cfg.output_dir)
     checkpoint = common.checkpoint_to_resume(out, cfg.resume)
     trainer, samples, info, new_tokens = build_trainer(cfg)
@@ -159,7 +161,7 @@ def run_sft(cfg: SFTRunConfig) -> dict[str, Any]:
         "train_seconds": round(train_seconds, 1), "global_step": trainer.state.global_step,
         "planned_steps": getattr(trainer.state, "planned_steps", trainer.state.max_steps),
         "train_loss": round(result.training_loss, 4), "train_tokens": None, "tokens_per_second": None,
-        "resumed_from": checkpoint, "versions": library_versions(),
+        "resumed_from": checkpoint, "versions": library_versions(), "memory": memory.peak(),
         # which compute_loss ran: FastSFTTrainer's counts (this process's micro-batches), or None for stock TRL
         "fast_path": trainer.fast_path_record() if hasattr(trainer, "fast_path_record") else None,
     }

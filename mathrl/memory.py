@@ -1,0 +1,80 @@
+"""Peak memory of a stage: process RSS on CPU (Linux's VmHWM, reset per stage through
+/proc/self/clear_refs), `torch.cuda.max_memory_allocated` on GPU. Recorded in every training record,
+summary.json and stage.json, so a run's memory is a measured figure, not a guess.
+
+Simplified: where /proc is missing (macOS) the CPU figure is the process's lifetime peak
+(`resource.getrusage`), which a later stage cannot reset; the record says which (`rss_source`)."""
+
+from __future__ import annotations
+
+import resource
+import sys
+from pathlib import Path
+from typing import Any
+
+_STATUS, _CLEAR = Path("/proc/self/status"), Path("/proc/self/clear_refs")
+
+
+def reset_peak() -> bool:
+    """Start a new peak here (True where the OS allows it)."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+    except ImportError:
+        pass
+    try:
+        _CLEAR.write_text("5")  # "5": reset the peak RSS (VmHWM) to the current RSS
+        return True
+    except OSError:
+        return False
+
+
+def _hwm_bytes() -> int | None:
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def peak() -> dict[str, Any]:
+    """{"peak_rss_gb", "rss_source", and "peak_cuda_gb" with a GPU} since the last `reset_peak`."""
+    hwm = _hwm_bytes()
+    if hwm is not None:
+        out: dict[str, Any] = {"peak_rss_gb": round(hwm / 2**30, 3), "rss_source": "VmHWM since the stage began"}
+    else:
+        scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+        out = {"peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**30, 3),
+               "rss_source": "process lifetime peak"}
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            out["peak_cuda_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    except ImportError:
+        pass
+    return out
+
+
+def release() -> None:
+    """Hand memory a finished stage freed back to the OS (gc, glibc's malloc_trim, the CUDA cache), so the
+    next stage's peak starts from what is really still in use."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
