@@ -11,10 +11,10 @@ import pytest
 import yaml
 from rich.console import Console
 
-from mathrl import budget
+from mathrl.experiments import budget
 from mathrl.errors import MathrlError
-from mathrl.experiment import load_experiments, rebuild
-from mathrl.runner import run_file
+from mathrl.experiments.schema import load_experiments, rebuild
+from mathrl.experiments.runner import run_file
 
 EVAL = {"limit": 4, "max_new_tokens": 8, "batch_size": 4, "backend": "hf", "progress": False}
 
@@ -90,7 +90,7 @@ def _stall_first_pass_at_each_shape(monkeypatch, stall: float) -> None:
     one token, training) at a batch of 4 rows: what a fresh process's first pass at a new shape pays."""
     import time
 
-    from mathrl import models
+    from mathrl.engine import models
 
     real = models.load_model
 
@@ -329,7 +329,7 @@ def test_calibration_measures_the_long_context_and_pricing_interpolates(tiny_mod
     assert cal.prefill_tokens_per_row == cal.context_tokens and cal.long_prefill_s_per_row > 0
     fake = dataclasses.replace(fake_calibration(decode=100.0), context_tokens=50, long_context_tokens=450,
                                long_decode_tokens_per_s=50.0)
-    from mathrl.budget_pricing import decode_s_per_token
+    from mathrl.experiments.budget_pricing import decode_s_per_token
 
     assert decode_s_per_token(fake, 250) == pytest.approx((0.01 + 0.02) / 2)  # halfway: between the two rates
     assert decode_s_per_token(fake, 10) == pytest.approx(0.01)  # never cheaper than the short measurement

@@ -11,7 +11,7 @@ import torch
 from trl import GRPOTrainer
 
 from mathrl.errors import MathrlError
-from mathrl.rewards import REWARDS, register_reward
+from mathrl.train.rewards import REWARDS, register_reward
 from mathrl.train.dynamic_sampling import (DynamicFastGRPOTrainer, DynamicSamplingMixin, PassRecord, candidate_order,
                                            group_spread)
 from mathrl.train.fast_grpo import FastGRPOTrainer

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from mathrl import evaluate, generation, models
+from mathrl.eval import evaluate
+from mathrl.engine import generation
+from mathrl.engine import models
 from mathrl.errors import MathrlError
-from mathrl.evaluate import EvalConfig, run_eval, summarize, wilson_interval
-from mathrl.formats import FORMATS, Protocol, build_prompt
+from mathrl.eval.evaluate import EvalConfig, run_eval, summarize, wilson_interval
+from mathrl.prompts.formats import FORMATS, Protocol, build_prompt
 from mathrl.grading import answers_match
 from mathrl.tasks import get_task, subsample
 

@@ -10,9 +10,9 @@ from trl import GRPOTrainer
 
 from mathrl import config as cfgmod
 from mathrl.errors import MathrlError
-from mathrl.rewards import REWARDS, register_reward
-from mathrl.decoding import DecodingSettings
-from mathrl.generation import group_rows, sample_shared_prompts
+from mathrl.train.rewards import REWARDS, register_reward
+from mathrl.engine.decoding import DecodingSettings
+from mathrl.engine.generation import group_rows, sample_shared_prompts
 from mathrl.train.fast_grpo import FastGRPOTrainer
 from mathrl.train.grpo import GRPORunConfig, build_trainer, check_markers, hacking_alarm, run_grpo
 

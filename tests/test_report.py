@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from mathrl import stats
+from mathrl.report import stats
 from mathrl.errors import MathrlError
-from mathrl.report import build_report, discover
+from mathrl.report.build import build_report, discover
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 N = 40
@@ -284,7 +284,7 @@ def test_report_renders_in_headless_chromium(experiment, tmp_path):
 def test_report_interval_is_the_one_summary_json_uses(tmp_path):
     """One accuracy-with-interval function (stats.accuracy_interval) for summary.json, the runner's table
     and the report: the report once gave a bootstrap interval for the number summary.json gave Wilson's."""
-    from mathrl.report import build_report
+    from mathrl.report.build import build_report
 
     d = write_eval(tmp_path / "one", {"name": "m", "kind": "hub"}, [True] * 7 + [False] * 13)
     (row,) = build_report([d], tmp_path / "r1")["comparison"]
@@ -301,7 +301,7 @@ def test_report_interval_is_the_one_summary_json_uses(tmp_path):
 
 
 def test_flips_show_the_first_questions_whose_verdicts_differ_along_a_chain(tmp_path):
-    from mathrl.report import build_report
+    from mathrl.report.build import build_report
 
     write_eval(tmp_path / "base", {"name": "m", "kind": "hub"}, [False, False, True, False], completion="base says")
     write_eval(tmp_path / "sft", {"name": "s", "kind": "hub"}, [False, True, True, True], completion="sft says")
@@ -317,7 +317,7 @@ def test_flips_show_the_first_questions_whose_verdicts_differ_along_a_chain(tmp_
 
 def test_result_rows_are_typed_and_a_foreign_row_is_named(tmp_path):
     from mathrl.records import ResultRow
-    from mathrl.report import build_report
+    from mathrl.report.build import build_report
 
     d = write_eval(tmp_path / "e", {"name": "m", "kind": "hub"}, [True, False])
     rows = [json.loads(line) for line in (d / "results.jsonl").read_text().splitlines()]

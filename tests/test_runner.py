@@ -14,10 +14,11 @@ import yaml
 from rich.console import Console
 from typer.testing import CliRunner
 
-from mathrl import experiment, generation
+from mathrl.experiments import schema as experiment
+from mathrl.engine import generation
 from mathrl.cli import app
 from mathrl.errors import MathrlError
-from mathrl.runner import run_file
+from mathrl.experiments.runner import run_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EVAL = {"limit": 4, "max_new_tokens": 4, "batch_size": 4, "backend": "hf", "progress": False}
@@ -42,7 +43,7 @@ def stage_json(runs: Path, stage: str, exp: str = "tiny") -> dict:
 
 @pytest.fixture
 def fake_report(monkeypatch):
-    """Stand-in for mathrl.report: records calls, so these tests do not depend on the report's progress."""
+    """Stand-in for mathrl.report.build: records calls, so these tests do not depend on the report's progress."""
     calls = []
 
     def build_report(run_dirs, output_dir, metric="strict"):
@@ -51,7 +52,7 @@ def fake_report(monkeypatch):
         (Path(output_dir) / "report.html").write_text("<html></html>")
         return {}
 
-    monkeypatch.setitem(sys.modules, "mathrl.report", types.SimpleNamespace(build_report=build_report))
+    monkeypatch.setitem(sys.modules, "mathrl.report.build", types.SimpleNamespace(build_report=build_report))
     return calls
 
 
@@ -250,7 +251,7 @@ def test_missing_stage_kind_fails_only_its_stages(toy_kind, tmp_path, monkeypatc
 
 @pytest.mark.parametrize("path", sorted((REPO_ROOT / "configs" / "experiments").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_experiment_files_dry_run(path, tmp_path, monkeypatch):
-    from mathrl import budget
+    from mathrl.experiments import budget
 
     # files with a budget calibrate their base model; the plan's arithmetic is tested in test_budget.py
     monkeypatch.setattr(budget, "calibrate", lambda model, *a, **k: budget.Calibration(
@@ -342,7 +343,7 @@ def test_cache_key_ignores_location_and_runner_owned_settings(tmp_path):
 
 
 def test_eval_grid_suite_expands_to_its_tasks_and_formats(tmp_path):
-    from mathrl.suite import SUITES
+    from mathrl.eval.suite import SUITES
 
     f = write_exp(tmp_path / "exp.yaml", {"defaults": {"model": "org/m"},
                                           "eval": {"suite": "generalisation", "tasks": ["arithmetic"], "limit": 5}})
@@ -368,7 +369,8 @@ STUDIES = ("pipeline", "sft_vs_grpo", "chat_template_matrix", "full_vs_lora", "g
 def test_each_study_ships_gpu_and_cpu_sized(study):
     """The GPU file trains a hub model; its CPU twin the embedded one, within a ≤ 45-minute budget and
     on ≥ 200 fixed test questions per evaluation."""
-    from mathrl import budget, config as cfgmod
+    from mathrl import config as cfgmod
+    from mathrl.experiments import budget
 
     gpu = cfgmod.load_yaml(REPO_ROOT / "configs" / "experiments" / f"{study}.yaml")["experiments"][study]
     cpu = cfgmod.load_yaml(REPO_ROOT / "configs" / "experiments" / f"{study}_cpu.yaml")["experiments"][f"{study}_cpu"]
@@ -450,7 +452,8 @@ def test_budget_replans_the_stages_not_started_from_the_time_used(tmp_path, monk
     """The first stage took 400 s of a plan that gave it ~268: the second, not started yet, gets what is
     left of the budget (it kept its first plan's steps, and the run overran). The re-plan is written to
     plan.json, so a rerun rebuilds the same settings and finds every stage cached."""
-    from mathrl import budget, runner
+    from mathrl.experiments import budget
+    from mathrl.experiments import runner
 
     module = types.ModuleType("planned_trainer")
     module.PlannedConfig, module.run_planned = PlannedConfig, run_planned

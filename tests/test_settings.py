@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 
 from mathrl import config as cfgmod
 from mathrl.cli import app
-from mathrl.cli_options import settings_command
+from mathrl.cli.options import settings_command
 from mathrl.errors import MathrlError
-from mathrl.evaluate import EvalConfig, eval_config
-from mathrl.formats import Protocol
+from mathrl.eval.evaluate import EvalConfig, eval_config
+from mathrl.prompts.formats import Protocol
 from mathrl.train.grpo import GRPORunConfig
 from mathrl.train.ppo import PPORunConfig
 from mathrl.train.sft import SFTRunConfig
@@ -75,7 +75,7 @@ def test_eval_config_flag_old_meaning_still_works(tmp_path):
 def test_a_new_field_reaches_help_yaml_and_the_runner(tmp_path, monkeypatch):
     """One edit (a field) and the flag, the YAML key and the experiment setting exist."""
     import mathrl.train.grpo as grpo_mod
-    from mathrl import experiment
+    from mathrl.experiments import schema as experiment
 
     cls = dataclasses.make_dataclass("GRPOPlus", [("dynamic_sampling", bool, dataclasses.field(
         default=False, metadata={"help": "refill groups without reward spread"}))], bases=(GRPORunConfig,))

@@ -89,7 +89,7 @@ def paired_table(paired: list[dict[str, Any]], metric: str) -> str:
         return "<p>No two evaluations share a task and questions, so there is nothing to pair.</p>"
     # pairs differing in both model and eval setting confound two effects: in paired.csv, not here,
     # unless there is nothing else to show
-    from mathrl.stats import one_factor_pairs  # in stats, not report: report imports this module
+    from mathrl.report.stats import one_factor_pairs  # in stats, not report: report imports this module
 
     simple = one_factor_pairs(paired)
     note = "" if len(simple) == len(paired) else (

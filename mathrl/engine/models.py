@@ -208,7 +208,7 @@ def flash_attention_available() -> bool:
 def set_attention(model: Any, half_compute: bool) -> str:
     """Pick the attention kernels for where the model runs; return the implementation in use.
 
-    - CPU with bf16 compute: `mathrl_gqa` (mathrl/cpu_attention.py: eager's arithmetic without copying
+    - CPU with bf16 compute: `mathrl_gqa` (mathrl/engine/cpu_attention.py: eager's arithmetic without copying
       the grouped KV heads). Measured here (torch 2.13, SmolLM2-135M): the CPU flash-attention SDPA kernel
       in bf16 made a batch-32 decode step 98 ms vs 59 ms eager, a shared-prompt GRPO forward+backward
       4.2 s vs 3.1 s, and its outputs drifted from the eager/fp32 ones; `mathrl_gqa` then made a batch-32
@@ -219,7 +219,7 @@ def set_attention(model: Any, half_compute: bool) -> str:
     """
     device = str(model.device)
     if half_compute and device.startswith("cpu"):
-        from mathrl import cpu_attention
+        from mathrl.engine import cpu_attention
 
         if cpu_attention.supports(model.config) is None:  # else transformers' own kernel, slower but exact
             model.set_attn_implementation(cpu_attention.register())

@@ -4,7 +4,7 @@ wall-clock budget, print the plan with its estimate, record both, and re-plan as
 `mathrl run FILE --budget 20m` (or `budget: 20m` in the experiment) measures, on the experiment's base
 model at the planned shapes, (a) prompt prefill and decoding tokens/s at the evaluation batch size, again
 at the longest evaluation prompts when those are much longer (k-shot contexts), and (b) a training
-step's tokens/s, then (the arithmetic: `mathrl.budget_pricing`; the data's shapes: `mathrl.budget_shapes`):
+step's tokens/s, then (the arithmetic: `mathrl.experiments.budget_pricing`; the data's shapes: `mathrl.experiments.budget_shapes`):
 
 1. estimates every evaluation: the questions it will run (its `limit`, else its task's split size, for
    held-out tasks and suites too) × completions × (prefill of its prompt tokens, shots included, + the
@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mathrl.budget_pricing import (  # noqa: F401 - the budget's arithmetic, re-exported
+from mathrl.experiments.budget_pricing import (  # noqa: F401 - the budget's arithmetic, re-exported
     FORWARD_SHARE, MARGIN, REFILL_SHARE, REPORT_OVERHEAD_S, RL_LENGTH, SFT_LENGTH, STAGE_OVERHEAD_S, Calibration,
     eval_seconds, expected_length, make_plan, replan, settings_hash, step_seconds,
 )
@@ -80,8 +80,8 @@ def _measure_generation(gen: Any, tok: Any, rows: list[str]) -> dict[str, float]
     allocations, and a one-off stall only ever slows a measurement down (one pass put the demo's
     estimate 25% over its wall time). Also what was measured: prompt tokens per row (the prefix every
     row shares is prefilled once, as in evaluation) and the rows' mean prompt length."""
-    from mathrl.decoding import DecodingSettings, encode_prompts
-    from mathrl.generation import common_prefix_length
+    from mathrl.engine.decoding import DecodingSettings, encode_prompts
+    from mathrl.engine.generation import common_prefix_length
 
     prefill_s, decode_rate = math.inf, 0.0
     for _ in range(REPEATS):
@@ -109,7 +109,7 @@ def _measure_training(model_name: str, dtype: str, bf16: bool, tok: Any, texts: 
     16.6 and 15.3 s, on the demo's 16 rows)."""
     import torch
 
-    from mathrl import models
+    from mathrl.engine import models
 
     train_model, _, _ = models.load_model(model_name, "fp32" if dtype == "auto" else dtype)
     train_model.train()
@@ -133,9 +133,9 @@ def calibrate(model_name: str, prompts: list[str], train_texts: list[str], dtype
     """Seconds of measurement: a prefill and 32 decode steps of `decode_batch` rows (again on
     `long_prompts`, the longest evaluation prompts, when given), and a training step of `train_batch`
     rows, each `REPEATS` times (the fastest kept)."""
-    from mathrl import models
-    from mathrl.decoding import DecodingSettings
-    from mathrl.generation import HFGenerator
+    from mathrl.engine import models
+    from mathrl.engine.decoding import DecodingSettings
+    from mathrl.engine.generation import HFGenerator
 
     t0 = time.perf_counter()
     model, tok, info = models.load_model(model_name, dtype)
@@ -171,7 +171,7 @@ def plan_experiment(stages: list[Any], budget_s: float, exp_dir: Path, console: 
     """The plan for these stages: reused from exp_dir/plan.json when made for the same budget and the same
     settings (`settings_hash`), else calibrated (and written there unless `write` is False: a dry run
     writes nothing). Call it on the stages as loaded, before `apply_plan`."""
-    from mathrl.budget_shapes import data_shapes
+    from mathrl.experiments.budget_shapes import data_shapes
 
     path = exp_dir / "plan.json"
     if path.exists() and not replan:
@@ -258,7 +258,7 @@ class Replanner:
     def __call__(self, after: str, pending: set[str], open_: set[str]) -> None:
         if not open_:
             return
-        from mathrl.experiment import rebuild
+        from mathrl.experiments.schema import rebuild
 
         self.plan = replan(self.stages, self.plan, self.clock() - self.began, pending, open_, after)
         apply_plan([st for st in self.stages if st.name in open_], self.plan)

@@ -34,7 +34,7 @@ import threading
 import time
 from pathlib import Path
 
-from mathrl.grading_base import MAX_DIGITS, TEXT_COMMAND, text_key
+from mathrl.grading.base import MAX_DIGITS, TEXT_COMMAND, text_key
 
 TIMEOUT_S = 3.0  # per comparison (both parses and the verify); the answer is False past it
 STARTUP_TIMEOUT_S = 60.0  # importing sympy on a busy machine takes seconds
@@ -158,11 +158,11 @@ def _stop(proc: subprocess.Popen | None) -> None:
 
 
 def _start() -> subprocess.Popen | None:
-    root = str(Path(__file__).resolve().parent.parent)  # so the child imports this very mathrl
+    root = str(Path(__file__).resolve().parents[2])  # so the child imports this very mathrl
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-c", "from mathrl.grading_math import serve; serve()"],
+            [sys.executable, "-c", "from mathrl.grading.math_answers import serve; serve()"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
             start_new_session=True,  # Ctrl-C in the terminal stops the parent, which then ends the child
         )

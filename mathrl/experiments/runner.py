@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 from mathrl import memory
 from mathrl.errors import MathrlError
-from mathrl.experiment import Stage, experiment_budget, load_experiments, load_kind, rebuild
+from mathrl.experiments.schema import Stage, experiment_budget, load_experiments, load_kind, rebuild
 from mathrl.files import atomic_write_json
 
 _clock = time.perf_counter  # the budget's clock (a test's fake one stands in)
@@ -305,14 +305,14 @@ def print_accuracy(stages: list[Stage], console: Any) -> None:
 def make_report(exp_dir: Path, console: Any) -> bool:
     """Build runs/<experiment>/report/; False when the report failed (results are kept either way)."""
     try:
-        from mathrl.report import build_report
+        from mathrl.report.build import build_report
     except ImportError as e:
         console.print(f"[yellow]note: no report: mathrl.report is not available here ({e})[/yellow]")
         return True
     try:
         res = build_report([exp_dir], exp_dir / "report", metric="strict")
         if res.get("seeds"):  # the accuracy table shows each replica; the spread across seeds is said here
-            from mathrl.report_console import print_seeds
+            from mathrl.report.console import print_seeds
 
             print_seeds(res, console)
     except Exception as e:  # noqa: BLE001 - a report failure must not hide the finished stages
@@ -343,7 +343,7 @@ def run_file(path: str | Path, experiments: list[str] | None = None, *, only_eva
         plan = None
         wanted_budget = budget or experiment_budget(path, name)
         if wanted_budget and not only_report:
-            from mathrl import budget as budgets
+            from mathrl.experiments import budget as budgets
 
             plan = budgets.plan_experiment(stages, budgets.parse_duration(wanted_budget), exp_dir, console, replan,
                                            write=not dry_run)
@@ -360,7 +360,7 @@ def run_file(path: str | Path, experiments: list[str] | None = None, *, only_eva
             write_manifest(name, stages, {n: s for n, (s, _) in plan.items()}, runs_dir, str(path))
             outcomes = {n: ("cached" if s == "done" else "not selected") for n, (s, _) in plan.items()}
         else:
-            from mathrl.budget import Replanner
+            from mathrl.experiments.budget import Replanner
 
             replanner = Replanner(stages, plan, began, exp_dir, str(path), console, _clock) if plan is not None else None
             outcomes = run_experiment(name, stages, runs_dir, str(path), console, only_eval=only_eval,
@@ -374,7 +374,7 @@ def run_file(path: str | Path, experiments: list[str] | None = None, *, only_eva
         else:
             console.print("no finished evaluations yet: no report")
         if plan is not None and not only_report and all(o in ("ran", "resumed") for o in outcomes.values()):
-            from mathrl import budget as budgets
+            from mathrl.experiments import budget as budgets
 
             plan["actual"] = budgets.report_actual(plan, _clock() - began, console)
             atomic_write_json(exp_dir / "plan.json", plan)

@@ -1,7 +1,7 @@
 """The budget's arithmetic: what a stage costs at calibrated rates, and plans built from those costs.
 
 Pure functions of the stages' settings, a `Calibration` and the measured data shapes: no model,
-task or file is touched here (`mathrl.budget` measures, `mathrl.budget_shapes` sizes the data).
+task or file is touched here (`mathrl.experiments.budget` measures, `mathrl.experiments.budget_shapes` sizes the data).
 """
 
 from __future__ import annotations
@@ -239,7 +239,7 @@ def _allocate(open_: list[Any], left: float, cal: Calibration, prompt_len: float
 def make_plan(stages: list[Any], budget_s: float, cal: Calibration, prompt_len: float, solution_len: float,
               n_questions: int, shared_len: float = 0.0, eval_shapes: dict[str, dict[str, Any]] | None = None,
               ) -> dict[str, Any]:
-    """Allocate `budget_s` less the margin (see mathrl.budget); every stage gets an estimate in seconds.
+    """Allocate `budget_s` less the margin (see mathrl.experiments.budget); every stage gets an estimate in seconds.
     `eval_shapes`: per evaluation its questions and prompt tokens (budget_shapes.eval_shapes); one
     without is priced at `limit` (else `n_questions`) questions of the calibration's prompts."""
     calibrated = calibrated_prefill_tokens(prompt_len, shared_len)

@@ -65,7 +65,7 @@ from mathrl.errors import MathrlError
 # Stage kind → (module, settings class, run function). Imported lazily: a kind whose module is not
 # there (GRPO, PPO before they land, or missing GPU extras) only fails the stages that use it.
 KINDS: dict[str, tuple[str, str, str]] = {
-    "eval": ("mathrl.evaluate", "EvalConfig", "run_eval"),
+    "eval": ("mathrl.eval.evaluate", "EvalConfig", "run_eval"),
     "sft": ("mathrl.train.sft", "SFTRunConfig", "run_sft"),
     "grpo": ("mathrl.train.grpo", "GRPORunConfig", "run_grpo"),
     "ppo": ("mathrl.train.ppo", "PPORunConfig", "run_ppo"),
@@ -101,7 +101,7 @@ def setting_names(kind: str) -> set[str] | None:
     except KindUnavailable:
         return None
     if kind == "eval":
-        from mathrl.evaluate import eval_setting_names
+        from mathrl.eval.evaluate import eval_setting_names
 
         return eval_setting_names()
     return {f.name for f in dataclasses.fields(cls)} | set(getattr(cls, "RENAMED", {}))
@@ -129,7 +129,7 @@ def build_config(kind: str, settings: dict[str, Any], source: str) -> Any:
     cls, _ = load_kind(kind)
     if kind != "eval":
         return cfgmod.build(cls, settings, source)
-    from mathrl.evaluate import eval_config
+    from mathrl.eval.evaluate import eval_config
     from mathrl.tasks import get_task
 
     cfg = eval_config(settings, source)  # the same builder as `mathrl eval` (protocol presets included)
@@ -156,7 +156,7 @@ def _as_list(value: Any) -> list[Any]:
 
 
 def _looks_like_model(ref: str) -> bool:
-    from mathrl.models import EMBEDDED
+    from mathrl.engine.models import EMBEDDED
 
     return ref in EMBEDDED or "/" in ref or Path(ref).expanduser().exists()
 
@@ -306,7 +306,7 @@ def _eval_stages(ev: dict[str, Any], shared: dict[str, Any], trained: dict[str, 
     axes = {k: ev.pop(k) for k in ("models", "tasks", "formats", "chat_template", "shots") if k in ev}
     variants = _variants(ev.pop("variants", None), where)
     if "suite" in ev:  # a suite adds its tasks to the grid, each with the suite's format unless formats is set
-        from mathrl.suite import resolve
+        from mathrl.eval.suite import resolve
 
         suite = ev.pop("suite")
         _, entries = resolve(suite, None) if isinstance(suite, str) else resolve(None, suite)

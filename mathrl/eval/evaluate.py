@@ -16,18 +16,19 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
-from mathrl import formats, memory
+from mathrl import memory
+from mathrl.prompts import formats
 from mathrl.config import TaskSettings, opt
 from mathrl.errors import MathrlError
 from mathrl.records import ResultRow
 from mathrl.files import JsonlAppender, atomic_write_csv, atomic_write_json, load_partial_jsonl
-from mathrl.formats import Format, Protocol
-from mathrl.decoding import DecodingSettings
-from mathrl.generation import Completion
+from mathrl.prompts.formats import Format, Protocol
+from mathrl.engine.decoding import DecodingSettings
+from mathrl.engine.generation import Completion
 from mathrl.provenance import library_versions  # noqa: F401 - the earlier home
-from mathrl.stats import accuracy_interval, wilson_interval  # noqa: F401 - wilson_interval: the earlier home
+from mathrl.report.stats import accuracy_interval, wilson_interval  # noqa: F401 - wilson_interval: the earlier home
 from mathrl.tasks import Sample, Task, get_task, subsample
-from mathrl.verdict import grade_completion
+from mathrl.grading.verdict import grade_completion
 
 
 @dataclass
@@ -203,7 +204,7 @@ BREAKDOWN_KEYS = ("level", "subject", "perturbation_type", "answer_type")  # sam
 
 
 def treatment_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
-    """Questions per answer treatment (number, math, text, no_answer; see mathrl.tasks.answers)."""
+    """Questions per answer treatment (number, math, text, no_answer; see mathrl.grading.answers)."""
     first = {r["id"]: r.get("answer_type", "number") for r in rows}
     return dict(sorted(Counter(first.values()).items()))
 
@@ -255,7 +256,8 @@ def _check_resume(out: Path, cfg: EvalConfig) -> list[dict[str, Any]]:
 def run_eval(cfg: EvalConfig, model_bundle: Any = None) -> dict[str, Any]:
     """Evaluate and return the summary. `model_bundle` = (model, tokenizer, info) to reuse a loaded
     model, or a callable returning one, called only when there is something left to generate."""
-    from mathrl import generation, models
+    from mathrl.engine import generation
+    from mathrl.engine import models
 
     t0 = time.perf_counter()
     memory.reset_peak()

@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
-from mathrl import decoding
-from mathrl.decoding import DecodingSettings, cut_at_stop  # noqa: F401 - re-exported for callers
+from mathrl.engine import decoding
+from mathrl.engine.decoding import DecodingSettings, cut_at_stop  # noqa: F401 - re-exported for callers
 from mathrl.errors import MathrlError
 
 SamplingParams = DecodingSettings  # the earlier name
@@ -68,7 +68,7 @@ def generate_in_segments(model: Any, ids: Any, mask: Any, cache: Any, settings: 
     generation_config is hidden (`decoding.neutral_model_defaults`)."""
     import torch
 
-    from mathrl.models import unwrap_causal_lm
+    from mathrl.engine.models import unwrap_causal_lm
 
     config = decoding.hf_generation_config(eos_ids, pad_id)
     processors = decoding.logits_processors(settings)
@@ -107,7 +107,7 @@ def _new_cache(model: Any) -> Any:
     """A KV cache built from the model's config, so sliding-window layers get their own cache type."""
     from transformers import DynamicCache
 
-    from mathrl.models import unwrap_causal_lm
+    from mathrl.engine.models import unwrap_causal_lm
 
     return DynamicCache(config=unwrap_causal_lm(model).config)
 

@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from mathrl.budget_pricing import MIN_SHARED_PREFIX
+from mathrl.experiments.budget_pricing import MIN_SHARED_PREFIX
 from mathrl.errors import MathrlError
 
 PROMPT_SAMPLE = 32  # questions whose prompts are built and tokenized per evaluation
@@ -107,7 +107,7 @@ def question_count(cfg: Any, task: Any, samples: list[Any] | None, fallback: int
 
 
 def _shots(cfg: Any, tasks: list[tuple[Any, list[Any] | None]], chosen: list[Any]) -> dict[str, Any]:
-    from mathrl.evaluate import question_shots
+    from mathrl.eval.evaluate import question_shots
 
     fmt = cfg.protocol.resolved_format()
     for task, split in tasks:  # the evaluation's own task, else the stand-in's train split
@@ -121,9 +121,9 @@ def _shots(cfg: Any, tasks: list[tuple[Any, list[Any] | None]], chosen: list[Any
 def prompt_shape(cfg: Any, tok: Any, task: Any, samples: list[Any] | None, proxy: Any,
                  proxy_samples: list[Any]) -> tuple[dict[str, float], list[str]] | None:
     """({prompt_tokens, unique_tokens}, prompts) of the evaluation's prompts; None when they cannot be built."""
-    from mathrl import formats
-    from mathrl.decoding import encode_prompts
-    from mathrl.generation import common_prefix_length
+    from mathrl.prompts import formats
+    from mathrl.engine.decoding import encode_prompts
+    from mathrl.engine.generation import common_prefix_length
     from mathrl.tasks import subsample
 
     src = samples if samples else proxy_samples
@@ -171,9 +171,10 @@ def eval_shapes(stages: list[Any], tok: Any, proxy: Any, proxy_samples: list[Any
 def data_shapes(stages: list[Any]) -> Shapes:
     """The training task's lengths (first training stage's task and protocol, tokenizer only) and every
     evaluation's shape."""
-    from mathrl import formats, models
-    from mathrl.decoding import encode_prompts
-    from mathrl.generation import common_prefix_length
+    from mathrl.prompts import formats
+    from mathrl.engine import models
+    from mathrl.engine.decoding import encode_prompts
+    from mathrl.engine.generation import common_prefix_length
 
     first = next((st for st in stages if st.kind != "eval"), None)
     if first is None or first.config is None:

@@ -18,7 +18,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from mathrl import stats
+from mathrl.report import stats
 from mathrl.errors import MathrlError
 from mathrl.records import ResultRow
 from mathrl.files import atomic_write_csv, atomic_write_json, atomic_write_text, iter_jsonl
@@ -85,7 +85,7 @@ def _find(root: Path, marker: str) -> list[Path]:
 def _has_reasoning_markers(format_name: Any) -> bool:
     """Whether a thinking proportion means anything: only formats with explicit reasoning markers (tags,
     think) say where working is; in the others any text before the answer would count."""
-    from mathrl.formats import FORMATS
+    from mathrl.prompts.formats import FORMATS
 
     fmt = FORMATS.get(str(format_name))
     return fmt is not None and bool(fmt.reasoning_start and fmt.reasoning_end)
@@ -359,7 +359,9 @@ def build_report(run_dirs: list[Path], output_dir: Path, metric: str = "strict",
     """Discover runs under `run_dirs`, write every report file into `output_dir`, return the tables
     and the paths written. `metric` (strict|flexible) drives the plots and paired tests; the
     comparison table always has both."""
-    from mathrl import report_html, report_plots, report_seeds
+    from mathrl.report import html as report_html
+    from mathrl.report import plots as report_plots
+    from mathrl.report import seeds as report_seeds
 
     if metric not in METRICS:
         raise MathrlError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
@@ -389,12 +391,12 @@ def build_report(run_dirs: list[Path], output_dir: Path, metric: str = "strict",
             "seeds": seeds, "pooled": pooled}
     atomic_write_json(out / "report.json", data)
     files["report.json"] = str(out / "report.json")
-    from mathrl import report_markdown
+    from mathrl.report import markdown as report_markdown
 
     atomic_write_text(out / "report.md", report_markdown.render(data))
     files["report.md"] = str(out / "report.md")
     if flips:
-        from mathrl import report_flips
+        from mathrl.report import flips as report_flips
 
         atomic_write_text(out / "flips.md", report_flips.to_markdown(report_flips.flips(evals, flips, metric, flips_n)))
         files["flips.md"] = str(out / "flips.md")

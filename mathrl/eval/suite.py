@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mathrl.errors import MathrlError
-from mathrl.evaluate import EvalConfig, run_eval, same_settings
+from mathrl.eval.evaluate import EvalConfig, run_eval, same_settings
 from mathrl.provenance import library_versions
 from mathrl.files import atomic_write_json
 from mathrl.tasks import TASKS, get_task
@@ -94,7 +94,7 @@ class LazyModel:
 
     def __call__(self) -> tuple[Any, Any, dict[str, Any]]:
         if self.bundle is None:
-            from mathrl import models
+            from mathrl.engine import models
 
             self.bundle = models.load_model(self.cfg.model, self.cfg.dtype, None, self.cfg.revision, self.cfg.trust_remote_code)
             self.loads += 1
@@ -119,7 +119,7 @@ def run_suite(base: EvalConfig, suite: str | None = None, tasks: str | list[str]
 
     Every task's data (and shots) are loaded first, so an unknown task, a missing file or a
     malformed row fails before any generation; then tasks run in order, suite.json after each."""
-    from mathrl import generation
+    from mathrl.engine import generation
 
     name, entries = resolve(suite, tasks)
     root = Path(base.output_dir)

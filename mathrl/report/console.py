@@ -12,7 +12,7 @@ def print_report(res: dict[str, Any], max_pairs: int = 20) -> None:
 
     if res["comparison"]:
         print_comparison(res["comparison"], res["metric"])
-    from mathrl.stats import one_factor_pairs
+    from mathrl.report.stats import one_factor_pairs
 
     pairs = one_factor_pairs(res["paired"])
     console = Console(highlight=False)

@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from mathrl.cli_common import parse_json_option, parse_kv
+from mathrl.cli.common import parse_json_option, parse_kv
 
 ALIASES: dict[str, tuple[str, ...]] = {
     "learning_rate": ("--learning-rate", "--lr"),

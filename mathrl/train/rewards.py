@@ -25,7 +25,7 @@ Built-ins (names for a spec such as "correctness,format:0.5,closeness:0.2"):
                         other limits: `length_penalty(limit)`.
 
 Adding a reward:
-    from mathrl.rewards import register_reward
+    from mathrl.train.rewards import register_reward
 
     @register_reward("brevity")                     # then --rewards "correctness,brevity:0.1"
     def brevity(completions, **kwargs):
@@ -50,9 +50,9 @@ from typing import Any, Callable
 
 from mathrl import grading
 from mathrl.errors import MathrlError
-from mathrl.decoding import cut_at_stop
-from mathrl.formats import Format, get_format
-from mathrl.verdict import grade_completion
+from mathrl.engine.decoding import cut_at_stop
+from mathrl.prompts.formats import Format, get_format
+from mathrl.grading.verdict import grade_completion
 
 RewardFn = Callable[..., list]
 DEFAULT_LENGTH_LIMIT = 1000  # characters: tokenizer-free, so the same number for every model

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from mathrl.decoding import cut_at_stop
-from mathrl.formats import Format
+from mathrl.engine.decoding import cut_at_stop
+from mathrl.prompts.formats import Format
 
 
 def grade_completion(fmt: Format, task: Any, completion: str, gold: str | None, stops: Sequence[str] = (),

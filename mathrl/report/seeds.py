@@ -24,7 +24,7 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
-from mathrl import stats
+from mathrl.report import stats
 
 SEED_COLUMNS = ("model", "method", "task", "setting", "n_seeds", "seeds", "mean_strict", "sd_strict", "min_strict",
                 "max_strict", "mean_flexible", "sd_flexible", "per_seed_strict")

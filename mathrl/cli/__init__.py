@@ -10,8 +10,8 @@ from typing import Any, Optional
 
 import typer
 
-from mathrl import cli_train
-from mathrl.cli_common import parse_json_option, parse_kv  # noqa: F401 - parse_json_option: imported from here
+import mathrl.cli.train as cli_train
+from mathrl.cli.common import parse_json_option, parse_kv  # noqa: F401 - parse_json_option: imported from here
 from mathrl.errors import MathrlError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -38,7 +38,7 @@ def print_summary(summary: dict[str, Any], title: str) -> None:
                   str(summary.get("generation", {}).get("tokens_per_second", "-")))
     console = Console()
     console.print(table)
-    from mathrl.regrade import describe_treatments
+    from mathrl.eval.regrade import describe_treatments
 
     if describe_treatments(summary):
         console.print(describe_treatments(summary))
@@ -51,9 +51,9 @@ def _eval_body(given: dict[str, Any], config: str | None, suite: str | None, sui
                protocol: str | None) -> None:
     """Evaluate a model on a task: per-sample results, accuracy (strict and flexible) and the protocol."""
     from mathrl import config as cfgmod
-    from mathrl.cli_options import is_yaml_file
+    from mathrl.cli.options import is_yaml_file
     from mathrl.distributed import require_single_process
-    from mathrl.evaluate import eval_config, run_eval
+    from mathrl.eval.evaluate import eval_config, run_eval
 
     require_single_process("eval")
     if config and not is_yaml_file(config):  # --config was the task config before every command took a YAML
@@ -72,7 +72,7 @@ def _eval_body(given: dict[str, Any], config: str | None, suite: str | None, sui
     cfg = eval_config(values, str(config) if config else "options")
     output_dir = cfg.output_dir
     if suite or suite_tasks:
-        from mathrl.suite import print_suite, run_suite
+        from mathrl.eval.suite import print_suite, run_suite
 
         doc = run_suite(cfg, suite, suite_tasks, format_given="format" in values or "protocol" in values,
                         on_task=lambda label, r: typer.echo(f"{label}: n={r.get('n', 0)} strict={r.get('accuracy_strict', 0):.1%} "
@@ -88,9 +88,9 @@ def _eval_body(given: dict[str, Any], config: str | None, suite: str | None, sui
 def _eval_command() -> Any:
     import inspect
 
-    from mathrl.cli_options import config_option, settings_command
-    from mathrl.evaluate import EvalConfig
-    from mathrl.formats import Protocol
+    from mathrl.cli.options import config_option, settings_command
+    from mathrl.eval.evaluate import EvalConfig
+    from mathrl.prompts.formats import Protocol
 
     def option(name: str, help_text: str) -> inspect.Parameter:
         return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str],
@@ -122,7 +122,7 @@ def grade(
 ) -> None:
     """Regrade completions produced anywhere (other harnesses, older runs) with mathrl's grader."""
     from mathrl.files import atomic_write_jsonl
-    from mathrl.regrade import describe_treatments, regrade
+    from mathrl.eval.regrade import describe_treatments, regrade
 
     rows, summary = regrade(input, task, format, completion_field=completion_field, gold_field=gold_field,
                             data_dir=data_dir, task_config=config, task_args=parse_kv(task_arg, "--task-arg"))
@@ -196,7 +196,7 @@ def run(
 ) -> None:
     """Run an experiment file: cached, resumable stages (eval, SFT, GRPO, PPO), then the report."""
     from mathrl.distributed import require_single_process
-    from mathrl.runner import failed, run_file
+    from mathrl.experiments.runner import failed, run_file
 
     require_single_process("run")
     results = run_file(experiment_file, experiments, only_eval=only_eval, only_report=only_report, dry_run=dry_run,
@@ -215,7 +215,7 @@ def export(
     output_dir: Path = typer.Option(..., help="Where the merged safetensors model goes."),
 ) -> None:
     """Merge a LoRA adapter into its base model and write safetensors + tokenizer."""
-    from mathrl import models
+    from mathrl.engine import models
 
     if not merge:
         raise MathrlError("export only merges for now: pass --merge")
@@ -240,10 +240,11 @@ def chat(
 ) -> None:
     """Answer questions with a model (greedy unless --temperature), showing each completion and the
     extracted answer. Run it with a base model and a trained one to compare them before/after."""
-    from mathrl import formats, models
-    from mathrl.decoding import DecodingSettings
-    from mathrl.generation import HFGenerator
-    from mathrl.verdict import grade_completion
+    from mathrl.prompts import formats
+    from mathrl.engine import models
+    from mathrl.engine.decoding import DecodingSettings
+    from mathrl.engine.generation import HFGenerator
+    from mathrl.grading.verdict import grade_completion
 
     if questions and _looks_like_a_model(questions[0]):  # `mathrl chat runs/demo/grpo "q"`: the natural first try
         raise MathrlError(f"{questions[0]!r} is a model, not a question; did you mean --model {questions[0]}?")
@@ -265,7 +266,7 @@ def chat(
 
 def _looks_like_a_model(text: str) -> bool:
     """An existing model or training directory, the built-in model's name, or a hub-like id (org/name)."""
-    from mathrl import models
+    from mathrl.engine import models
 
     path = Path(text)
     if path.is_dir() and any((path / f).exists() for f in ("config.json", "adapter_config.json", "mathrl_config.json")):
@@ -285,8 +286,8 @@ def report(
     flips_n: int = typer.Option(5, help="Questions shown in flips.md (the first in test order)."),
 ) -> None:
     """Compare evaluations: accuracy with 95% intervals, McNemar tests, plots and report.html."""
-    from mathrl.report import build_report
-    from mathrl.report_console import print_report
+    from mathrl.report.build import build_report
+    from mathrl.report.console import print_report
 
     res = build_report(run_dirs, output_dir, metric=metric, n_resamples=bootstrap, seed=seed,
                        flips=[x for x in (flips or "").split(",") if x], flips_n=flips_n)
@@ -301,7 +302,7 @@ def tasks() -> None:
     for name, cls in sorted(TASKS.items()):
         doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip()
         typer.echo(f"{name:18s} configs: {', '.join(cls.configs):28s} {doc.splitlines()[0] if doc else ''}")
-    from mathrl.suite import SUITES
+    from mathrl.eval.suite import SUITES
 
     for name, entries in SUITES.items():
         typer.echo(f"suite {name}: " + ", ".join(e.label + (f" ({e.format})" if e.format else "") for e in entries))
@@ -310,7 +311,7 @@ def tasks() -> None:
 @app.command("formats")
 def list_formats() -> None:
     """List output formats and protocol presets."""
-    from mathrl.formats import FORMATS, PROTOCOLS
+    from mathrl.prompts.formats import FORMATS, PROTOCOLS
 
     for f in FORMATS.values():
         typer.echo(f"{f.name:10s} {f.description}")

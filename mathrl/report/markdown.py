@@ -30,7 +30,7 @@ def comparison_table(rows: list[dict[str, Any]], metric: str) -> list[str]:
 
 
 def paired_lines(paired: list[dict[str, Any]], metric: str) -> list[str]:
-    from mathrl.stats import one_factor_pairs
+    from mathrl.report.stats import one_factor_pairs
 
     return [f"- {p['eval_b']} vs {p['eval_a']} ({p['task']}, {p['n_shared']} questions): "
             f"**{_pts(p['diff_b_minus_a'])} points** [{_pts(p['diff_ci_low'])}, {_pts(p['diff_ci_high'])}], "

@@ -12,7 +12,7 @@ Answer types (the `answer_type` argument; "number" is the default everywhere):
   numbers ``5 1/2`` and ``3\\frac{1}{2}``, ``50%`` (read as 50). Integer golds compare exactly; a
   non-integer gold matches a prediction within half a unit of the 6th decimal (``0.333333`` is 1/3).
 - ``math``: a MATH-style LaTeX answer, kept as written by the extractors and compared by
-  `mathrl.grading_math` (numbers as numbers, else Math-Verify in a time-limited worker process).
+  `mathrl.grading.math_answers` (numbers as numbers, else Math-Verify in a time-limited worker process).
 - ``text``: a word or phrase, compared after lower-casing and dropping punctuation and spacing.
 
 Simplified on purpose, each a reading a person could dispute:
@@ -35,7 +35,7 @@ from fractions import Fraction
 from typing import Iterator
 
 from mathrl.errors import MathrlError
-from mathrl.grading_base import MAX_DIGITS, TEXT_COMMAND, text_key  # noqa: F401 - part of this module's API
+from mathrl.grading.base import MAX_DIGITS, TEXT_COMMAND, text_key  # noqa: F401 - part of this module's API
 
 ANSWER_TYPES = ("number", "math", "text")
 # Half a unit of the 6th decimal: the rounding `format_number` applies to non-integers, so an
@@ -300,7 +300,7 @@ def answers_match(pred: str | None, gold: str | None, answer_type: str = "number
         if g is not None:
             p = parse_number(pred)
             return p is not None and numbers_equal(p, g)
-    from mathrl import grading_math  # imported when first needed: most golds are numbers
+    import mathrl.grading.math_answers as grading_math  # imported when first needed: most golds are numbers
 
     p, g = grading_math.clean(pred), grading_math.clean(gold)
     pv, gv = plain_value(p), plain_value(g)

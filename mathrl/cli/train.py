@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import typer
 
-from mathrl.cli_options import config_option, settings_command
+from mathrl.cli.options import config_option, settings_command
 from mathrl.distributed import is_main_process
 
 # command → (module of the settings class, settings class, module of the run function, run function, description)

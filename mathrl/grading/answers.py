@@ -27,7 +27,7 @@ import re
 from typing import Any
 
 from mathrl import grading
-from mathrl.formats import FORMATS, Format
+from mathrl.prompts.formats import FORMATS, Format
 
 ANSWER_TYPES = ("number", "math", "text", "no_answer")
 NO_ANSWER = "[unanswerable]"  # Sample.answer of a no_answer item: never equal to a model's answer
