@@ -120,5 +120,5 @@ def test_no_package_imports_a_package_above_it_except_the_known_ones():
         ("mathrl.grading.verdict", "mathrl.tasks.base"),
     ]
     basics = [m for m in import_graph() if m.count(".") == 1 and package_of(m) is None and m != "mathrl.__main__"]
-    assert basics and imports_into((), ()) == []
+    assert basics
     assert [(m, t) for m in basics for t in import_graph()[m] if package_of(t)] == []

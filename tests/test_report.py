@@ -15,7 +15,8 @@ import pytest
 
 from mathrl.report import stats
 from mathrl.errors import MathrlError
-from mathrl.report.build import build_report, discover
+from mathrl.report.build import build_report
+from mathrl.report.runs import discover
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 N = 40

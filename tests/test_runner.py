@@ -14,7 +14,7 @@ import yaml
 from rich.console import Console
 from typer.testing import CliRunner
 
-from mathrl.experiments import schema as experiment
+from mathrl.experiments import kinds, schema as experiment
 from mathrl.engine import generation
 from mathrl.cli import app
 from mathrl.errors import MathrlError
@@ -207,7 +207,7 @@ def toy_kind(monkeypatch):
     module = types.ModuleType("toy_trainer")
     module.ToyConfig, module.run_toy = ToyConfig, run_toy
     monkeypatch.setitem(sys.modules, "toy_trainer", module)
-    monkeypatch.setitem(experiment.KINDS, "toy", ("toy_trainer", "ToyConfig", "run_toy"))
+    monkeypatch.setitem(kinds.KINDS, "toy", ("toy_trainer", "ToyConfig", "run_toy"))
     TOY_CALLS.clear()
     return TOY_CALLS
 
@@ -234,7 +234,7 @@ def test_training_resume_and_rerun_inputs(toy_kind, tmp_path, fake_report):
 
 
 def test_missing_stage_kind_fails_only_its_stages(toy_kind, tmp_path, monkeypatch, fake_report):
-    monkeypatch.setitem(experiment.KINDS, "grpo", ("mathrl.train.not_there", "GRPORunConfig", "run_grpo"))
+    monkeypatch.setitem(kinds.KINDS, "grpo", ("mathrl.train.not_there", "GRPORunConfig", "run_grpo"))
     runs, f = tmp_path / "runs", tmp_path / "exp.yaml"
     write_exp(f, {"stages": {"sft": {"kind": "toy"}, "rl": {"kind": "grpo", "from": "sft", "beta": 0.04},
                              "rl2": {"kind": "toy", "from": "rl"}}})
@@ -458,7 +458,7 @@ def test_budget_replans_the_stages_not_started_from_the_time_used(tmp_path, monk
     module = types.ModuleType("planned_trainer")
     module.PlannedConfig, module.run_planned = PlannedConfig, run_planned
     monkeypatch.setitem(sys.modules, "planned_trainer", module)
-    monkeypatch.setitem(experiment.KINDS, "sft", ("planned_trainer", "PlannedConfig", "run_planned"))
+    monkeypatch.setitem(kinds.KINDS, "sft", ("planned_trainer", "PlannedConfig", "run_planned"))
     monkeypatch.setattr(runner, "_clock", lambda: CLOCK[0], raising=False)
     CLOCK[0] = 0.0
     PLANNED_CALLS.clear()

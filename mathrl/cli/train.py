@@ -1,5 +1,5 @@
 """Training commands (`mathrl sft`, `mathrl grpo`, `mathrl ppo`): options derived from each trainer's
-settings class (`cli_options`); flags override a YAML `--config`, and None means "not given"."""
+settings class (`cli.options`); flags override a YAML `--config`, and None means "not given"."""
 
 from __future__ import annotations
 

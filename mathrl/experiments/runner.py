@@ -31,7 +31,8 @@ from typing import Any, Callable
 
 from mathrl import memory
 from mathrl.errors import MathrlError
-from mathrl.experiments.schema import Stage, experiment_budget, load_experiments, load_kind, rebuild
+from mathrl.experiments.kinds import load_kind
+from mathrl.experiments.schema import Stage, experiment_budget, load_experiments, rebuild
 from mathrl.files import atomic_write_json
 
 _clock = time.perf_counter  # the budget's clock (a test's fake one stands in)

@@ -51,60 +51,20 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
-import importlib
 import itertools
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mathrl import config as cfgmod
 from mathrl.errors import MathrlError
+from mathrl.experiments.kinds import KINDS, KindUnavailable, build_config, setting_names, training_kinds
 
-# Stage kind → (module, settings class, run function). Imported lazily: a kind whose module is not
-# there (GRPO, PPO before they land, or missing GPU extras) only fails the stages that use it.
-KINDS: dict[str, tuple[str, str, str]] = {
-    "eval": ("mathrl.eval.evaluate", "EvalConfig", "run_eval"),
-    "sft": ("mathrl.train.sft", "SFTRunConfig", "run_sft"),
-    "grpo": ("mathrl.train.grpo", "GRPORunConfig", "run_grpo"),
-    "ppo": ("mathrl.train.ppo", "PPORunConfig", "run_ppo"),
-}
 NOT_HASHED = ("output_dir", "resume", "progress", "overwrite", "report_to")
 RESERVED = ("base", "eval", "report")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-
-
-def training_kinds() -> list[str]:
-    return [k for k in KINDS if k != "eval"]
-
-
-class KindUnavailable(MathrlError):
-    """A stage kind whose module cannot be imported here."""
-
-
-def load_kind(kind: str) -> tuple[type, Callable[..., dict[str, Any]]]:
-    if kind not in KINDS:
-        raise MathrlError(f"unknown stage kind {kind!r}; choose one of: {', '.join(training_kinds())}")
-    module, cls_name, fn_name = KINDS[kind]
-    try:
-        mod = importlib.import_module(module)
-        return getattr(mod, cls_name), getattr(mod, fn_name)
-    except (ImportError, AttributeError) as e:
-        raise KindUnavailable(f"stage kind {kind!r} is not available in this install ({module}: {e})") from None
-
-
-def setting_names(kind: str) -> set[str] | None:
-    """Keys a stage of this kind accepts; None when its module is unavailable."""
-    try:
-        cls, _ = load_kind(kind)
-    except KindUnavailable:
-        return None
-    if kind == "eval":
-        from mathrl.eval.evaluate import eval_setting_names
-
-        return eval_setting_names()
-    return {f.name for f in dataclasses.fields(cls)} | set(getattr(cls, "RENAMED", {}))
 
 
 @dataclass
@@ -123,18 +83,6 @@ class Stage:
     budget_share: float | None = None  # training stages under a budget: their share of the training time
     replica_of: str | None = None  # with `seeds`: the stage name in the file this stage replicates
     seed: int | None = None  # with `seeds`: the training seed of this replica (evals: of the model evaluated)
-
-
-def build_config(kind: str, settings: dict[str, Any], source: str) -> Any:
-    cls, _ = load_kind(kind)
-    if kind != "eval":
-        return cfgmod.build(cls, settings, source)
-    from mathrl.eval.evaluate import eval_config
-    from mathrl.tasks import get_task
-
-    cfg = eval_config(settings, source)  # the same builder as `mathrl eval` (protocol presets included)
-    get_task(cfg.task, cfg.task_config, **cfg.task_args)  # checks the name and config; loads nothing
-    return cfg
 
 
 def _check_name(name: Any, what: str) -> str:

@@ -1,4 +1,4 @@
-"""What both graders share (`grading` for numbers and extraction, `grading_math` for MATH-style
+"""What both graders share (`grading` for numbers and extraction, `grading.math_answers` for MATH-style
 answers), so that neither imports the other's internals: how long a number may be, and how a
 phrase is reduced before words are compared."""
 

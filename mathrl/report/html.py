@@ -187,7 +187,7 @@ def drilldown_section(sec: str, task: str, evals: list[Any], metric: str, max_qu
 
 
 def seeds_section(seeds: list[dict[str, Any]], pooled: list[dict[str, Any]]) -> str:
-    """Mean and spread across training seeds, and seed-matched tests over questions (report_seeds)."""
+    """Mean and spread across training seeds, and seed-matched tests over questions (report.seeds)."""
     if not seeds:
         return ""
     rows = [[_td(escape(str(r["model"]))), _td(escape(r["task"])), _td(escape(str(r["setting"]))),
