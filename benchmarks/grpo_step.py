@@ -91,7 +91,7 @@ def stock_trainer(cfg: object) -> object:
     from mathrl.prompts import formats
     from mathrl.engine import models
     from mathrl.train.rewards import build_rewards
-    from mathrl.train.grpo import training_prompts
+    from mathrl.train.rl import training_prompts
 
     model, tok, _ = models.load_model(cfg.model, cfg.dtype)
     proto = cfg.protocol()

@@ -110,10 +110,9 @@ def test_grading_and_the_engine_import_nothing_from_training_experiments_or_the_
 def test_no_package_imports_a_package_above_it_except_the_known_ones():
     above = {p: LAYERS[:i] for i, p in enumerate(LAYERS)}
     upward = sorted((m, t) for p in LAYERS for m, t in imports_into((p,), above[p]))
-    # Known debts, to shrink rather than grow: the evaluation's interval lives in the report's stats,
-    # and the completion verdict cuts at stop strings (engine) by a format (prompts) for a task.
+    # Known debts, to shrink rather than grow: the completion verdict cuts at stop strings (engine) by a
+    # format (prompts) for a task, and answer types read a format's markers.
     assert upward == [
-        ("mathrl.eval.evaluate", "mathrl.report.stats"),
         ("mathrl.grading.answers", "mathrl.prompts.formats"),
         ("mathrl.grading.verdict", "mathrl.engine.decoding"),
         ("mathrl.grading.verdict", "mathrl.prompts.formats"),

@@ -14,7 +14,7 @@ import yaml
 from rich.console import Console
 from typer.testing import CliRunner
 
-from mathrl.experiments import kinds, schema as experiment
+from mathrl.experiments import budget_pricing, kinds, schema as experiment
 from mathrl.engine import generation
 from mathrl.cli import app
 from mathrl.errors import MathrlError
@@ -254,7 +254,7 @@ def test_shipped_experiment_files_dry_run(path, tmp_path, monkeypatch):
     from mathrl.experiments import budget
 
     # files with a budget calibrate their base model; the plan's arithmetic is tested in test_budget.py
-    monkeypatch.setattr(budget, "calibrate", lambda model, *a, **k: budget.Calibration(
+    monkeypatch.setattr(budget, "calibrate", lambda model, *a, **k: budget_pricing.Calibration(
         # the rates of a 2-core AVX2-only CPU, unloaded (measured: decode 138 tok/s at batch 32, training 75 tok/s)
         model, "float32", "avx2", decode_tokens_per_s=138.0, decode_batch=32, train_tokens_per_s=75.0, train_batch=4,
         seconds=20.0))
@@ -462,14 +462,14 @@ def test_budget_replans_the_stages_not_started_from_the_time_used(tmp_path, monk
     monkeypatch.setattr(runner, "_clock", lambda: CLOCK[0], raising=False)
     CLOCK[0] = 0.0
     PLANNED_CALLS.clear()
-    cal = budget.Calibration(model="m", dtype="float32", cpu_flags="avx2", decode_tokens_per_s=50.0, decode_batch=4,
+    cal = budget_pricing.Calibration(model="m", dtype="float32", cpu_flags="avx2", decode_tokens_per_s=50.0, decode_batch=4,
                              train_tokens_per_s=100.0, train_batch=4, seconds=3.0)
 
     def plan_experiment(stages, budget_s, exp_dir, console, replan=False, write=True):  # no model: fixed rates
         path = exp_dir / "plan.json"
         if path.exists():
             return json.loads(path.read_text())
-        plan = budget.make_plan(stages, budget_s, cal, prompt_len=40, solution_len=10, n_questions=300)
+        plan = budget_pricing.make_plan(stages, budget_s, cal, prompt_len=40, solution_len=10, n_questions=300)
         exp_dir.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(plan))
         return plan
@@ -480,10 +480,10 @@ def test_budget_replans_the_stages_not_started_from_the_time_used(tmp_path, monk
                                               "b": {"kind": "sft", "from": "a", "seconds": 10}}})
     out, text = run(f, runs)
     assert out == {"a": "ran", "b": "ran"}
-    first = budget.make_plan(experiment.load_experiments(f, runs)["tiny"], 600, cal, 40, 10, 300)["stages"]
+    first = budget_pricing.make_plan(experiment.load_experiments(f, runs)["tiny"], 600, cal, 40, 10, 300)["stages"]
     step = first["b"]["step_s"]  # 16 rows x 51 tokens / 100 tokens/s
     assert step == pytest.approx(8.16) and PLANNED_CALLS[0].max_steps == first["a"]["max_steps"] == 32
-    left = 600 * (1 - budget.MARGIN) - 400 - budget.REPORT_OVERHEAD_S - budget.STAGE_OVERHEAD_S
+    left = 600 * (1 - budget_pricing.MARGIN) - 400 - budget_pricing.REPORT_OVERHEAD_S - budget_pricing.STAGE_OVERHEAD_S
     assert PLANNED_CALLS[1].max_steps == int(left // step) < first["b"]["max_steps"]
     assert PLANNED_CALLS[1].max_minutes == pytest.approx(left / 60, abs=0.01)
     saved = json.loads((runs / "tiny" / "plan.json").read_text())

@@ -11,7 +11,7 @@ from typing import Any, Optional
 import typer
 
 import mathrl.cli.train as cli_train
-from mathrl.cli.common import parse_json_option, parse_kv  # noqa: F401 - parse_json_option: imported from here
+from mathrl.cli.common import parse_kv
 from mathrl.errors import MathrlError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,

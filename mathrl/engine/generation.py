@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 from mathrl.engine import decoding
-from mathrl.engine.decoding import DecodingSettings, cut_at_stop  # noqa: F401 - re-exported for callers
+from mathrl.engine.decoding import DecodingSettings, cut_at_stop
 from mathrl.errors import MathrlError
 
 SamplingParams = DecodingSettings  # the earlier name

@@ -40,7 +40,6 @@ EMBEDDED = {
         hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
 }
-DEFAULT_MODEL = "smollm2-135m"
 
 
 def cache_dir() -> Path:

@@ -20,13 +20,12 @@ from mathrl import memory
 from mathrl.prompts import formats
 from mathrl.config import TaskSettings, opt
 from mathrl.errors import MathrlError
-from mathrl.records import ResultRow
+from mathrl.records import ResultRow, accuracy_interval
 from mathrl.files import JsonlAppender, atomic_write_csv, atomic_write_json, load_partial_jsonl
 from mathrl.prompts.formats import Format, Protocol
 from mathrl.engine.decoding import DecodingSettings
 from mathrl.engine.generation import Completion
-from mathrl.provenance import library_versions  # noqa: F401 - the earlier home
-from mathrl.report.stats import accuracy_interval, wilson_interval  # noqa: F401 - wilson_interval: the earlier home
+from mathrl.provenance import library_versions
 from mathrl.tasks import Sample, Task, get_task, subsample
 from mathrl.grading.verdict import grade_completion
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from mathrl.errors import MathrlError
-from mathrl.eval.evaluate import BREAKDOWN_KEYS, breakdown, wilson_interval
+from mathrl.eval.evaluate import BREAKDOWN_KEYS, breakdown
+from mathrl.records import wilson_interval
 from mathrl.files import iter_jsonl
 from mathrl.prompts.formats import get_format
 from mathrl.tasks import Sample, Task, get_task

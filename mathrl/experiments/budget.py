@@ -43,10 +43,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mathrl.experiments.budget_pricing import (  # noqa: F401 - the budget's arithmetic, re-exported
-    FORWARD_SHARE, MARGIN, REFILL_SHARE, REPORT_OVERHEAD_S, RL_LENGTH, SFT_LENGTH, STAGE_OVERHEAD_S, Calibration,
-    eval_seconds, expected_length, make_plan, replan, settings_hash, step_seconds,
-)
+from mathrl.experiments.budget_pricing import Calibration, make_plan, settings_hash
 from mathrl.errors import MathrlError
 from mathrl.files import atomic_write_json
 

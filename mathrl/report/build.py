@@ -16,6 +16,7 @@ from typing import Any
 
 from mathrl.errors import MathrlError
 from mathrl.files import atomic_write_csv, atomic_write_json, atomic_write_text
+from mathrl.records import accuracy_interval
 from mathrl.report import stats
 from mathrl.report.runs import METHODS, EvalRun, TrainRun, discover
 
@@ -40,7 +41,7 @@ def _has_reasoning_markers(format_name: Any) -> bool:
 # ---------------------------------------------------------------- tables
 
 def comparison_rows(evals: list[EvalRun]) -> list[dict[str, Any]]:
-    """One row per evaluation: accuracy over every completion with `stats.accuracy_interval` — the same
+    """One row per evaluation: accuracy over every completion with `records.accuracy_interval` — the same
     number and 95% interval as the evaluation's summary.json and the runner's table (Wilson for one
     completion per question, a question-cluster normal interval for several; named in `interval`)."""
     out = []
@@ -51,7 +52,7 @@ def comparison_rows(evals: list[EvalRun]) -> list[dict[str, Any]]:
                                "format": p.get("format"), "chat_template": p.get("chat_template"),
                                "shots": p.get("shots", 0), "setting": ev.setting, "n": len(ev.rows)}
         for metric in METRICS:
-            acc, (low, high), name = stats.accuracy_interval(
+            acc, (low, high), name = accuracy_interval(
                 [[bool(r.get(f"correct_{metric}")) for r in g] for g in (ev.samples or {q: [r] for q, r in ev.rows.items()}).values()])
             row |= {f"accuracy_{metric}": round(acc, 4), f"ci_low_{metric}": round(low, 4),
                     f"ci_high_{metric}": round(high, 4), "interval": name}

@@ -234,7 +234,7 @@ def render(data: dict[str, Any], evals: list[Any], plots: dict[str, Path], max_q
 <p class="meta">{meta}</p>
 <h2>Summary</h2>
 <p>Accuracy over the first sample of each question; strict reads the format's answer marker, flexible the
-last number. Brackets: 95% intervals from <code>stats.accuracy_interval</code>, the same as each
+last number. Brackets: 95% intervals from <code>records.accuracy_interval</code>, the same as each
 evaluation's summary.json (Wilson with one completion per question; with several, a normal interval
 over questions, whose samples are correlated).</p>
 {summary_table(data['comparison'], metric)}

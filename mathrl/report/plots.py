@@ -52,7 +52,7 @@ def _errors(rows: list[dict[str, Any]], metric: str) -> list[list[float]]:
 
 
 def interval_label(rows: list[dict[str, Any]]) -> str:
-    """The interval the bars carry: the one the summary table uses (`stats.accuracy_interval`'s name)."""
+    """The interval the bars carry: the one the summary table uses (`records.accuracy_interval`'s name)."""
     names = sorted({str(r.get("interval")) for r in rows if r.get("interval")})
     return f"95% {' / '.join(names)} interval" if names else "95% interval"
 

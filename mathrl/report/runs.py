@@ -18,7 +18,7 @@ from mathrl.records import ResultRow
 from mathrl.report import stats
 
 METHODS = ("base", "sft", "grpo", "ppo")  # display order; anything else sorts after
-MANIFESTS = ("stages.json", "experiment.json")
+MANIFESTS = ("experiment.json",)
 
 
 @dataclass

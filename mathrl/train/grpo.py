@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from mathrl.prompts import formats
-from mathrl.train.rl import check_markers, cpu_budget_note, hacking_alarm, make_alarm_callback, training_prompts  # noqa: F401 - earlier home
+from mathrl.train.rl import check_markers, cpu_budget_note, make_alarm_callback, training_prompts
 from mathrl.train.settings import PROMPT_POLICIES, HFSettings, RLSettings, opt
 from mathrl.errors import MathrlError
 from mathrl.tasks import Sample, get_task
