@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mathrl.experiments.budget_pricing import Calibration, make_plan, settings_hash
+from mathrl.experiments.budget_pricing import Calibration, make_plan, replan, settings_hash
 from mathrl.errors import MathrlError
 from mathrl.files import atomic_write_json
 

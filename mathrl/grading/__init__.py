@@ -35,7 +35,7 @@ from fractions import Fraction
 from typing import Iterator
 
 from mathrl.errors import MathrlError
-from mathrl.grading.base import MAX_DIGITS, TEXT_COMMAND, text_key  # noqa: F401 - part of this module's API
+from mathrl.grading.base import MAX_DIGITS, text_key
 
 ANSWER_TYPES = ("number", "math", "text")
 # Half a unit of the 6th decimal: the rounding `format_number` applies to non-integers, so an
