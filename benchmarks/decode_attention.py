@@ -17,7 +17,8 @@ import time
 
 import torch
 
-from mathrl import cpu_attention, models
+from mathrl.engine import cpu_attention
+from mathrl.engine import models
 
 
 def time_decode(model, impl: str, batch: int, cache_len: int, steps: int) -> float:

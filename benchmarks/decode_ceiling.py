@@ -7,9 +7,9 @@ of --repeats), and their sum is the fastest a decode step can be on this machine
 ceiling tokens/s = B ÷ that sum. Attention over the KV cache, norms, sampling and Python are left
 out of the ceiling (they are what the measured path adds).
 
-The measured rate: `mathrl.generation.HFGenerator` (the evaluation path) on B arithmetic prompts,
+The measured rate: `mathrl.engine.generation.HFGenerator` (the evaluation path) on B arithmetic prompts,
 decode steps only — the time of a 1 + N-token run minus that of a 1-token run (the prefill),
-divided into the tokens generated (the same split as `mathrl.budget.calibrate`). Rows that end
+divided into the tokens generated (the same split as `mathrl.experiments.budget.calibrate`). Rows that end
 early leave the batch (the engine compacts it); the occupancy printed says how full it stayed, and
 the ceiling is for a full batch, so the fraction is conservative when occupancy is below 1.
 
@@ -31,9 +31,9 @@ from machine import Contention, cpu_flags, cpu_name, gemm_seconds, linear_shapes
 
 
 def measured_decode(model, tok, batch: int, steps: int, repeats: int) -> float:
-    from mathrl import formats
-    from mathrl.decoding import DecodingSettings
-    from mathrl.generation import HFGenerator
+    from mathrl.prompts import formats
+    from mathrl.engine.decoding import DecodingSettings
+    from mathrl.engine.generation import HFGenerator
     from mathrl.tasks import get_task
 
     samples = get_task("arithmetic", "1-2").load_test()[:batch]
@@ -65,7 +65,7 @@ def main() -> None:
 
     import torch
 
-    from mathrl import models
+    from mathrl.engine import models
 
     model, tok, info = models.load_model("smollm2-135m", args.dtype)
     dtype = next(model.parameters()).dtype

@@ -5,7 +5,7 @@ subset with --subset seeded), the gsm8k format with the chat template, 0-shot, g
 --max-new-tokens per question. Three configurations, each timed --repeats times (median reported):
 
   naive      one question at a time, plain `model.generate`, bf16 (the baseline)
-  mathrl-bf16  mathrl.generation.HFGenerator, batched (--batch-size), bf16
+  mathrl-bf16  mathrl.engine.generation.HFGenerator, batched (--batch-size), bf16
   mathrl-fp32  the same in fp32
 
 Generated tokens are counted up to (not including) the first end-of-sequence token, the same way
@@ -46,7 +46,7 @@ def load_questions(args: argparse.Namespace) -> list[str]:
 
 
 def build_prompts(questions: list[str], tokenizer: Any) -> list[str]:
-    from mathrl.formats import Protocol, build_prompt
+    from mathrl.prompts.formats import Protocol, build_prompt
 
     proto = Protocol(format="gsm8k", chat_template=True, shots=0)
     return [build_prompt(q, proto, tokenizer) for q in questions]
@@ -62,7 +62,7 @@ def warm_up(model: Any, tokenizer: Any, prompt: str) -> None:
 
 
 def run_mathrl(model: Any, tokenizer: Any, prompts: list[str], args: argparse.Namespace) -> dict[str, Any]:
-    from mathrl.generation import HFGenerator, SamplingParams
+    from mathrl.engine.generation import HFGenerator, SamplingParams
 
     gen = HFGenerator(model, tokenizer, batch_size=args.batch_size, progress=False)
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=0.0)
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import transformers
 
-    from mathrl.models import cpu_has_fast_bf16, load_model
+    from mathrl.engine.models import cpu_has_fast_bf16, load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -88,9 +88,10 @@ def stock_trainer(cfg: object) -> object:
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    from mathrl import formats, models
-    from mathrl.rewards import build_rewards
-    from mathrl.train.grpo import training_prompts
+    from mathrl.prompts import formats
+    from mathrl.engine import models
+    from mathrl.train.rewards import build_rewards
+    from mathrl.train.rl import training_prompts
 
     model, tok, _ = models.load_model(cfg.model, cfg.dtype)
     proto = cfg.protocol()

@@ -125,10 +125,10 @@ def profile_mathrl(args: argparse.Namespace, data_dir: Path, total_gen_seconds: 
     prefix KV is cached, so only the per-question prefills). Decoding is what the CLI run's
     generation spent beyond the first of these.
     """
-    from mathrl import formats
-    from mathrl.evaluate import question_shots
-    from mathrl.generation import HFGenerator, SamplingParams, common_prefix_length
-    from mathrl.models import load_model
+    from mathrl.prompts import formats
+    from mathrl.eval.evaluate import question_shots
+    from mathrl.engine.generation import HFGenerator, SamplingParams, common_prefix_length
+    from mathrl.engine.models import load_model
     from mathrl.tasks import get_task
 
     proto = formats.Protocol(**formats.preset(PRESET[args.sampler]))
@@ -198,8 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--workdir must be outside the repository (it holds a copy of GSM8K rows)")
 
     from mathrl.grading import answers_match
-    from mathrl.models import resolve
-    from mathrl.formats import Protocol, preset
+    from mathrl.engine.models import resolve
+    from mathrl.prompts.formats import Protocol, preset
 
     # The first N test rows, and the train split beside them (a symlink, not a copy).
     subset = work / "gsm8k_first"

@@ -100,8 +100,8 @@ def lmeval_python(args: argparse.Namespace) -> str:
 
 def mathrl_prompts(src: Path, n: int, preset_name: str) -> list[str]:
     """mathrl's prompts for the first n test questions under a preset (no tokenizer: no chat template)."""
-    from mathrl import formats
-    from mathrl.evaluate import question_shots
+    from mathrl.prompts import formats
+    from mathrl.eval.evaluate import question_shots
     from mathrl.tasks import get_task
 
     proto = formats.Protocol(**formats.preset(preset_name))

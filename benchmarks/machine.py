@@ -96,6 +96,6 @@ def auto_dtype() -> str:
     """What mathrl's `--dtype auto` computes in on this machine, as a name: bf16 or fp32."""
     import torch
 
-    from mathrl import models
+    from mathrl.engine import models
 
     return "bf16" if models.pick_dtype("auto") == torch.bfloat16 else "fp32"

@@ -32,7 +32,7 @@ from typing import Callable
 
 import machine
 
-from mathrl.formats import FORMATS
+from mathrl.prompts.formats import FORMATS
 from mathrl.grading import answers_match
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "math500_sample.jsonl"

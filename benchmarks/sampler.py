@@ -18,7 +18,7 @@ import time
 import torch
 from machine import cpu_name
 
-from mathrl.decoding import InverseCDFSampler
+from mathrl.engine.decoding import InverseCDFSampler
 
 
 def float32_sampler(scores: torch.Tensor) -> torch.Tensor:

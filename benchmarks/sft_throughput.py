@@ -100,7 +100,7 @@ def measured_peaks(dtypes: set[str], rows: int) -> dict[str, float]:
     import torch
 
     from machine import gemm_peak_gflops, linear_shapes
-    from mathrl import models
+    from mathrl.engine import models
 
     model = models.load_model("smollm2-135m", "fp32")[0]
     shapes = linear_shapes(model)

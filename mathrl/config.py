@@ -113,10 +113,6 @@ def resolve(cls: type[T], config_path: str | Path | None, overrides: dict[str, A
     return build(cls, values, source)
 
 
-def to_dict(obj: Any) -> dict[str, Any]:
-    return dataclasses.asdict(obj)
-
-
 @dataclass
 class TaskSettings:
     """Model and task: the first fields of every command's settings (`EvalConfig`, the trainers')."""

@@ -15,9 +15,9 @@ DEV = "cuda" if torch.cuda.is_available() else "cpu"
 N, NEW = (4, 8) if os.environ.get("DIAG_SMALL") else (64, 128)
 sync = torch.cuda.synchronize if DEV == "cuda" else (lambda: None)
 
-from mathrl import formats
-from mathrl.generation import HFGenerator, SamplingParams
-from mathrl.models import load_model
+from mathrl.prompts import formats
+from mathrl.engine.generation import HFGenerator, SamplingParams
+from mathrl.engine.models import load_model
 from mathrl.tasks import get_task
 
 

@@ -92,15 +92,15 @@ def build_tiny():
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_model_dir):
-    """(model, tokenizer, info) loaded through mathrl.models in fp32 on CPU, shared by tests."""
-    from mathrl.models import load_model
+    """(model, tokenizer, info) loaded through mathrl.engine.models in fp32 on CPU, shared by tests."""
+    from mathrl.engine.models import load_model
 
     return load_model(str(tiny_model_dir), dtype="fp32", device="cpu")
 
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_model_dir):
-    from mathrl.models import load_tokenizer
+    from mathrl.engine.models import load_tokenizer
 
     return load_tokenizer(str(tiny_model_dir))
 

@@ -11,10 +11,10 @@ import pytest
 import yaml
 from rich.console import Console
 
-from mathrl import budget
+from mathrl.experiments import budget, budget_pricing
 from mathrl.errors import MathrlError
-from mathrl.experiment import load_experiments, rebuild
-from mathrl.runner import run_file
+from mathrl.experiments.schema import load_experiments, rebuild
+from mathrl.experiments.runner import run_file
 
 EVAL = {"limit": 4, "max_new_tokens": 8, "batch_size": 4, "backend": "hf", "progress": False}
 
@@ -46,22 +46,22 @@ def test_bad_duration_is_one_line():
         budget.parse_duration("soon")
 
 
-def fake_calibration(decode=50.0, train=100.0) -> budget.Calibration:
-    return budget.Calibration(model="m", dtype="float32", cpu_flags="avx2", decode_tokens_per_s=decode, decode_batch=4,
+def fake_calibration(decode=50.0, train=100.0) -> budget_pricing.Calibration:
+    return budget_pricing.Calibration(model="m", dtype="float32", cpu_flags="avx2", decode_tokens_per_s=decode, decode_batch=4,
                               train_tokens_per_s=train, train_batch=4, seconds=3.0)
 
 
 def test_plan_fills_the_budget_by_share_and_sets_the_horizon(tiny_model_dir, tmp_path):
     stages = load_experiments(write(tmp_path / "e.yaml", experiment(tiny_model_dir)), tmp_path / "runs")["tiny"]
-    plan = budget.make_plan(stages, 600, fake_calibration(), prompt_len=40, solution_len=10, n_questions=300)
+    plan = budget_pricing.make_plan(stages, 600, fake_calibration(), prompt_len=40, solution_len=10, n_questions=300)
     sft, grpo = plan["stages"]["sft"], plan["stages"]["grpo"]
     assert sft["allocation_s"] == pytest.approx(3 * grpo["allocation_s"], abs=0.2)  # budget_share 3 : 1
     assert sft["max_steps"] == int(sft["allocation_s"] // sft["step_s"])
     assert sft["step_s"] == pytest.approx(4 * (40 + 10 + 1) / 100.0)  # batch x tokens / training rate
     # base eval: 4 questions x the whole max_new_tokens; trained models: 1.3 x the solution length
-    assert plan["stages"]["eval/base/arithmetic.1-gsm8k-chat-0shot"]["estimate_s"] == pytest.approx(budget.STAGE_OVERHEAD_S + 4 * 8 / 50, abs=0.1)
+    assert plan["stages"]["eval/base/arithmetic.1-gsm8k-chat-0shot"]["estimate_s"] == pytest.approx(budget_pricing.STAGE_OVERHEAD_S + 4 * 8 / 50, abs=0.1)
     # a budget is a limit: the plan aims MARGIN under it (planned to the full 20 minutes, the demo took 20.2)
-    assert 0.85 * 600 < plan["estimate_s"] <= (1 - budget.MARGIN) * 600 and budget.MARGIN >= 0.05
+    assert 0.85 * 600 < plan["estimate_s"] <= (1 - budget_pricing.MARGIN) * 600 and budget_pricing.MARGIN >= 0.05
     keys = {st.name: st.key for st in stages}
     budget.apply_plan(stages, plan)
     rebuild(stages, "test")
@@ -75,7 +75,7 @@ def test_plan_fills_the_budget_by_share_and_sets_the_horizon(tiny_model_dir, tmp
 def test_a_budget_too_small_for_one_step_is_refused(tiny_model_dir, tmp_path):
     stages = load_experiments(write(tmp_path / "e.yaml", experiment(tiny_model_dir)), tmp_path / "runs")["tiny"]
     with pytest.raises(MathrlError, match=r"less than one of its steps .*: the \d+ evaluations need ~[\d.]+ min at the 1 tokens/s measured here"):
-        budget.make_plan(stages, 60, fake_calibration(decode=1.0), prompt_len=40, solution_len=10, n_questions=300)
+        budget_pricing.make_plan(stages, 60, fake_calibration(decode=1.0), prompt_len=40, solution_len=10, n_questions=300)
 
 
 def test_bad_budget_share_is_refused(tiny_model_dir, tmp_path):
@@ -90,7 +90,7 @@ def _stall_first_pass_at_each_shape(monkeypatch, stall: float) -> None:
     one token, training) at a batch of 4 rows: what a fresh process's first pass at a new shape pays."""
     import time
 
-    from mathrl import models
+    from mathrl.engine import models
 
     real = models.load_model
 
@@ -154,11 +154,11 @@ def test_fast_trainers_count_shared_prompt_tokens_once(tiny_model_dir, tmp_path)
     by_name = {st.name: st for st in stages}
     cal = fake_calibration()
     # SFT: 4 rows of 51 tokens, the 30 shared ones computed once
-    assert budget.step_seconds(by_name["sft"], cal, 40, 10, shared_len=30) == pytest.approx((4 * 51 - 3 * 30) / 100)
+    assert budget_pricing.step_seconds(by_name["sft"], cal, 40, 10, shared_len=30) == pytest.approx((4 * 51 - 3 * 30) / 100)
     # GRPO: 2 prompts x 2 generations of min(8, 15) tokens, regenerated for half the groups in each of
     # dynamic sampling's 2 refill rounds; each prompt's 40 tokens once per group in the training pass
     train = (2 * 40 + 4 * 8) / 100
-    assert budget.step_seconds(by_name["grpo"], cal, 40, 10) == pytest.approx(2 * 4 * 8 / 50 + train)
+    assert budget_pricing.step_seconds(by_name["grpo"], cal, 40, 10) == pytest.approx(2 * 4 * 8 / 50 + train)
 
 
 def test_rl_step_prices_refills_and_untrained_models_ramble(tiny_model_dir, tmp_path):
@@ -168,10 +168,10 @@ def test_rl_step_prices_refills_and_untrained_models_ramble(tiny_model_dir, tmp_
     exp["stages"]["grpo"] |= {"from": "base", "max_completion_length": 60}
     stages = {st.name: st for st in load_experiments(write(tmp_path / "e.yaml", exp), tmp_path / "runs")["tiny"]}
     cal = fake_calibration()
-    untrained = budget.step_seconds(stages["grpo"], cal, 40, 10, untrained=True)
+    untrained = budget_pricing.step_seconds(stages["grpo"], cal, 40, 10, untrained=True)
     assert untrained == pytest.approx(2 * 4 * 60 / 50 + (2 * 40 + 4 * 60) / 100)  # 60 tokens, not 1.5 x 10
     stages["grpo"].config.dynamic_sampling = False
-    assert budget.step_seconds(stages["grpo"], cal, 40, 10) == pytest.approx(4 * 15 / 50 + (2 * 40 + 4 * 15) / 100)
+    assert budget_pricing.step_seconds(stages["grpo"], cal, 40, 10) == pytest.approx(4 * 15 / 50 + (2 * 40 + 4 * 15) / 100)
 
 
 def test_a_time_limit_does_not_start_a_step_that_would_end_past_it(monkeypatch):
@@ -225,11 +225,11 @@ def test_grpo_step_prices_what_trl_runs_per_optimizer_step(tiny_model_dir, tmp_p
     1 and 4 were priced the same (96.9 s/step)."""
     cal = fake_calibration()
     # 2 prompts x 2 generations of min(8, 15) tokens: generation 4 x 8 / 50, training (2 x 40 + 4 x 8) / 100
-    one = budget.step_seconds(_grpo_stage(tiny_model_dir, tmp_path), cal, 40, 10)
+    one = budget_pricing.step_seconds(_grpo_stage(tiny_model_dir, tmp_path), cal, 40, 10)
     assert one == pytest.approx(4 * 8 / 50 + (2 * 40 + 4 * 8) / 100)
-    assert budget.step_seconds(_grpo_stage(tiny_model_dir, tmp_path, grad_accum=4), cal, 40, 10) == pytest.approx(4 * one)
+    assert budget_pricing.step_seconds(_grpo_stage(tiny_model_dir, tmp_path, grad_accum=4), cal, 40, 10) == pytest.approx(4 * one)
     # batch_size 8 completions per micro-step: 4 prompts x 2 generations, twice the rows of the default 4
-    assert budget.step_seconds(_grpo_stage(tiny_model_dir, tmp_path, batch_size=8), cal, 40, 10) == pytest.approx(2 * one)
+    assert budget_pricing.step_seconds(_grpo_stage(tiny_model_dir, tmp_path, batch_size=8), cal, 40, 10) == pytest.approx(2 * one)
 
 
 def test_grpo_num_iterations_reuses_generations_and_beta_prices_the_reference(tiny_model_dir, tmp_path):
@@ -237,14 +237,14 @@ def test_grpo_num_iterations_reuses_generations_and_beta_prices_the_reference(ti
     pass per step), was priced as μ training passes; beta > 0's reference forward pass was not priced."""
     cal = fake_calibration()
     generate, train = 4 * 8 / 50, (2 * 40 + 4 * 8) / 100
-    mu2 = budget.step_seconds(_grpo_stage(tiny_model_dir, tmp_path, num_iterations=2), cal, 40, 10)
+    mu2 = budget_pricing.step_seconds(_grpo_stage(tiny_model_dir, tmp_path, num_iterations=2), cal, 40, 10)
     # half a generation, one training pass, and the old policy's forward over the half batch generated
     # (a forward pass without gradient: a third of a training step's forward + backward)
     assert mu2 == pytest.approx(generate / 2 + train + train / 2 / 3)
-    ref = budget.step_seconds(_grpo_stage(tiny_model_dir, tmp_path, beta=0.04), cal, 40, 10)
+    ref = budget_pricing.step_seconds(_grpo_stage(tiny_model_dir, tmp_path, beta=0.04), cal, 40, 10)
     assert ref == pytest.approx(generate + train + train / 3)  # the reference model's forward
-    both = budget.step_seconds(_grpo_stage(tiny_model_dir, tmp_path, beta=0.04, num_iterations=2), cal, 40, 10)
-    assert both == pytest.approx(generate / 2 + train + 2 * train / 2 / 3) and budget.FORWARD_SHARE == pytest.approx(1 / 3)
+    both = budget_pricing.step_seconds(_grpo_stage(tiny_model_dir, tmp_path, beta=0.04, num_iterations=2), cal, 40, 10)
+    assert both == pytest.approx(generate / 2 + train + 2 * train / 2 / 3) and budget_pricing.FORWARD_SHARE == pytest.approx(1 / 3)
 
 
 def _eval_only(exp: dict, **eval_settings) -> dict:
@@ -267,7 +267,7 @@ def test_evaluations_are_priced_at_the_questions_they_run(tiny_model_dir, tmp_pa
              "arithmetic.1-gsm8k-chat-0shot": 40, "mini-gsm8k-chat-0shot": 2400, "plus25-gsm8k-chat-0shot": 25}
     for setting, n in sizes.items():  # base model: the whole max_new_tokens (8) per question, 1000 tokens/s
         entry = plan["stages"][f"eval/base/{setting}"]
-        assert entry["estimate_s"] == pytest.approx(budget.STAGE_OVERHEAD_S + n * 8 / 1000, abs=0.1), setting
+        assert entry["estimate_s"] == pytest.approx(budget_pricing.STAGE_OVERHEAD_S + n * 8 / 1000, abs=0.1), setting
 
 
 def test_only_sft_trained_models_are_priced_at_the_solution_length(tiny_model_dir, tmp_path):
@@ -280,13 +280,13 @@ def test_only_sft_trained_models_are_priced_at_the_solution_length(tiny_model_di
     exp["stages"]["rl2"] = dict(exp["stages"]["rl"], **{"from": "rl"})
     exp["eval"] = {**EVAL, "models": ["base", "sft", "grpo", "rl", "rl2"], "max_new_tokens": 64}
     stages = load_experiments(write(tmp_path / "e.yaml", exp), tmp_path / "runs")["tiny"]
-    plan = budget.make_plan(stages, 3600, fake_calibration(), prompt_len=40, solution_len=10, n_questions=300)
+    plan = budget_pricing.make_plan(stages, 3600, fake_calibration(), prompt_len=40, solution_len=10, n_questions=300)
     est = {n.split("/")[1]: e["estimate_s"] for n, e in plan["stages"].items() if n.startswith("eval/")}
-    sft_like, base_like = budget.STAGE_OVERHEAD_S + 4 * 13 / 50, budget.STAGE_OVERHEAD_S + 4 * 64 / 50
+    sft_like, base_like = budget_pricing.STAGE_OVERHEAD_S + 4 * 13 / 50, budget_pricing.STAGE_OVERHEAD_S + 4 * 64 / 50
     assert est == pytest.approx({"base": base_like, "sft": sft_like, "grpo": sft_like, "rl": base_like, "rl2": base_like},
                                 abs=0.1)
     by_name = {st.name: st for st in stages}
-    untrained = budget.step_seconds(by_name["rl2"], fake_calibration(), 40, 10, untrained=True)
+    untrained = budget_pricing.step_seconds(by_name["rl2"], fake_calibration(), 40, 10, untrained=True)
     assert plan["stages"]["rl2"]["step_s"] == pytest.approx(untrained, abs=0.01)  # 60 tokens, not 1.5 x 10
 
 
@@ -309,7 +309,7 @@ def test_k_shot_prompts_are_priced_by_their_tokens_and_calibrated(tiny_model_dir
     est = {"-".join(n.split("/")[-1].split("-")[3:]): e["estimate_s"] for n, e in plan["stages"].items()
            if n.startswith("eval/")}
     # 0-shot: about the calibration's rows (test questions, not the training ones it measured: ±5%)
-    zero = budget.STAGE_OVERHEAD_S + 20 * (0.5 + 8 / 1000)
+    zero = budget_pricing.STAGE_OVERHEAD_S + 20 * (0.5 + 8 / 1000)
     assert est["0shot"] == pytest.approx(zero, rel=0.05) and est["0shot-each"] == est["0shot"]
     assert est["3shot-each"] > 2 * est["0shot"]  # every question prefills its own shots: several times the tokens
     assert est["0shot"] <= est["3shot"] < est["3shot-each"]  # shared shots: prefilled once
@@ -329,7 +329,7 @@ def test_calibration_measures_the_long_context_and_pricing_interpolates(tiny_mod
     assert cal.prefill_tokens_per_row == cal.context_tokens and cal.long_prefill_s_per_row > 0
     fake = dataclasses.replace(fake_calibration(decode=100.0), context_tokens=50, long_context_tokens=450,
                                long_decode_tokens_per_s=50.0)
-    from mathrl.budget_pricing import decode_s_per_token
+    from mathrl.experiments.budget_pricing import decode_s_per_token
 
     assert decode_s_per_token(fake, 250) == pytest.approx((0.01 + 0.02) / 2)  # halfway: between the two rates
     assert decode_s_per_token(fake, 10) == pytest.approx(0.01)  # never cheaper than the short measurement
@@ -361,18 +361,18 @@ def test_replan_gives_the_stages_not_started_the_time_left(tiny_model_dir, tmp_p
     """Stages ran longer than planned (the evaluations have no time limit): what is left is re-planned
     from the time actually used, budget - elapsed, not from the first plan."""
     stages = load_experiments(write(tmp_path / "e.yaml", experiment(tiny_model_dir)), tmp_path / "runs")["tiny"]
-    plan = budget.make_plan(stages, 600, fake_calibration(), prompt_len=40, solution_len=10, n_questions=300)
+    plan = budget_pricing.make_plan(stages, 600, fake_calibration(), prompt_len=40, solution_len=10, n_questions=300)
     entries = plan["stages"]
     grpo_evals = {n for n in entries if n.startswith("eval/grpo/")}
     pending = {"eval/sft/arithmetic.1-gsm8k-chat-0shot", "grpo"} | grpo_evals
     elapsed = 3.0 + entries["eval/base/arithmetic.1-gsm8k-chat-0shot"]["estimate_s"] + entries["sft"]["estimate_s"] + 90
-    new = budget.replan(stages, plan, elapsed, pending, {"grpo"}, after="sft")
-    left = 600 * (1 - budget.MARGIN) - elapsed - budget.REPORT_OVERHEAD_S - budget.STAGE_OVERHEAD_S - sum(
+    new = budget_pricing.replan(stages, plan, elapsed, pending, {"grpo"}, after="sft")
+    left = 600 * (1 - budget_pricing.MARGIN) - elapsed - budget_pricing.REPORT_OVERHEAD_S - budget_pricing.STAGE_OVERHEAD_S - sum(
         entries[n]["estimate_s"] for n in pending - {"grpo"})
     grpo = new["stages"]["grpo"]
     assert grpo["allocation_s"] == pytest.approx(left, abs=0.2) and grpo["max_steps"] == int(left // grpo["step_s"])
     assert grpo["max_steps"] < entries["grpo"]["max_steps"] and new["stages"]["sft"] == entries["sft"]
-    assert new["estimate_s"] <= 600 * (1 - budget.MARGIN) and new["replans"][-1]["after"] == "sft"
+    assert new["estimate_s"] <= 600 * (1 - budget_pricing.MARGIN) and new["replans"][-1]["after"] == "sft"
     # so far over that nothing fits: one step, said, and no error mid-run
-    late = budget.replan(stages, plan, 590, pending, {"grpo"}, after="sft")
+    late = budget_pricing.replan(stages, plan, 590, pending, {"grpo"}, after="sft")
     assert late["stages"]["grpo"]["max_steps"] == 1 and late["stages"]["grpo"]["over_budget"]

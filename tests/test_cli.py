@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from mathrl.cli import app, parse_json_option, parse_kv
+from mathrl.cli import app
+from mathrl.cli.common import parse_json_option, parse_kv
 from mathrl.errors import MathrlError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mathrl import cpu_attention
+from mathrl.engine import cpu_attention
 
 
 def test_gqa_attention_matches_eager_on_padded_batches_and_generation(tiny_bundle):
@@ -31,7 +31,7 @@ def test_gqa_attention_matches_eager_on_padded_batches_and_generation(tiny_bundl
 
 
 def test_gqa_attention_gradients_match_eager(tiny_model_dir):
-    from mathrl.models import load_model
+    from mathrl.engine.models import load_model
 
     grads = {}
     for impl in ("eager", cpu_attention.register()):

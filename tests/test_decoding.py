@@ -11,10 +11,10 @@ import pytest
 import torch
 
 try:  # the sampler's home; it lived in the GRPO trainer before
-    from mathrl.decoding import InverseCDFSampler
+    from mathrl.engine.decoding import InverseCDFSampler
 except ImportError:  # pragma: no cover - the code before the fix
     from mathrl.train.fast_grpo import InverseCDFSampler
-from mathrl.generation import HFGenerator, SamplingParams
+from mathrl.engine.generation import HFGenerator, SamplingParams
 
 
 def _logits(vocab: int, seed: int = 0) -> torch.Tensor:
@@ -86,7 +86,7 @@ def test_rl_sampling_ignores_the_models_generation_config(tiny_model_dir, tmp_pa
     """GRPO's completions are drawn from softmax(logits / T), the distribution TRL scores, whatever the
     model's generation_config says (no_repeat_ngram_size=1 forbids every repeated token)."""
     from mathrl import config as cfgmod
-    from mathrl.models import unwrap_causal_lm
+    from mathrl.engine.models import unwrap_causal_lm
     from mathrl.train.grpo import GRPORunConfig, build_trainer
 
     cfg = cfgmod.build(GRPORunConfig, dict(model=str(tiny_model_dir), task="arithmetic", task_config="1", prompts=8,
@@ -122,8 +122,8 @@ def test_sampled_eval_applies_no_library_top_k(tiny_bundle):
 def test_eval_and_rl_stop_at_the_same_place(tiny_bundle):
     """With a stop string (prompts without the chat template), RL generation ends where evaluation ends and
     returns the text evaluation grades."""
-    from mathrl.decoding import DecodingSettings, encode_prompts
-    from mathrl.generation import sample_shared_prompts
+    from mathrl.engine.decoding import DecodingSettings, encode_prompts
+    from mathrl.engine.generation import sample_shared_prompts
 
     model, tok, _ = tiny_bundle
     free = HFGenerator(model, tok, batch_size=4, progress=False).generate(PROMPTS, DecodingSettings(max_new_tokens=16))
@@ -150,7 +150,7 @@ def test_prefix_cache_follows_the_model_config():
     """The shared-prefix cache is built from the model config, so sliding-window layers get sliding caches."""
     from transformers import MistralConfig, MistralForCausalLM
 
-    from mathrl.generation import HFGenerator as Gen
+    from mathrl.engine.generation import HFGenerator as Gen
 
     cfg = MistralConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                         intermediate_size=64, sliding_window=4, max_position_embeddings=128)
@@ -194,9 +194,9 @@ def bos_model_dir(tmp_path_factory, build_tiny):
 @pytest.mark.parametrize("chat_template", [True, False])
 def test_eval_sft_grpo_and_ppo_see_identical_prompt_ids(bos_model_dir, tmp_path, monkeypatch, chat_template):
     from mathrl import config as cfgmod
-    from mathrl import generation
-    from mathrl.evaluate import EvalConfig, run_eval
-    from mathrl.formats import Protocol
+    from mathrl.engine import generation
+    from mathrl.eval.evaluate import EvalConfig, run_eval
+    from mathrl.prompts.formats import Protocol
     from mathrl.train.grpo import GRPORunConfig
     from mathrl.train.grpo import build_trainer as build_grpo
     from mathrl.train.sft import SFTRunConfig
@@ -247,7 +247,8 @@ def test_eval_sft_grpo_and_ppo_see_identical_prompt_ids(bos_model_dir, tmp_path,
 
 def test_ppo_rollouts_use_the_eval_prompt_ids(bos_model_dir, tmp_path, monkeypatch):
     from mathrl import config as cfgmod
-    from mathrl import decoding, generation
+    from mathrl.engine import decoding
+    from mathrl.engine import generation
     from mathrl.train.ppo import PPORunConfig, run_ppo
 
     seen = []

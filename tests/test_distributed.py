@@ -71,7 +71,7 @@ def check_same_weights(events: dict[int, list[dict]], min_steps: int) -> None:
 def check_loads(out: Path) -> None:
     import torch
 
-    from mathrl.models import load_model
+    from mathrl.engine.models import load_model
 
     model, tokenizer, _ = load_model(str(out), dtype="fp32", device="cpu")
     with torch.no_grad():

@@ -11,7 +11,7 @@ import torch
 from trl import GRPOTrainer
 
 from mathrl.errors import MathrlError
-from mathrl.rewards import REWARDS, register_reward
+from mathrl.train.rewards import REWARDS, register_reward
 from mathrl.train.dynamic_sampling import (DynamicFastGRPOTrainer, DynamicSamplingMixin, PassRecord, candidate_order,
                                            group_spread)
 from mathrl.train.fast_grpo import FastGRPOTrainer
@@ -248,7 +248,7 @@ def test_run_record_summarises_dynamic_sampling(tiny_model_dir, tmp_path):
 def test_reward_hacking_alarm_reads_the_batches_as_drawn():
     """Format saturating in the drawn batches while the trained (refilled) batches keep format spread:
     the alarm must see the drawn rewards, and stay quiet when only the trained ones rise."""
-    from mathrl.train.grpo import hacking_alarm
+    from mathrl.train.rl import hacking_alarm
 
     rising, flat = [i / 10 for i in range(10)], [0.5] * 10
 

@@ -8,11 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from mathrl import evaluate, generation, models
+from mathrl import provenance
+from mathrl.engine import generation
+from mathrl.engine import models
 from mathrl.errors import MathrlError
-from mathrl.evaluate import EvalConfig, run_eval, summarize, wilson_interval
-from mathrl.formats import FORMATS, Protocol, build_prompt
+from mathrl.eval.evaluate import EvalConfig, run_eval, summarize
+from mathrl.prompts.formats import FORMATS, Protocol, build_prompt
 from mathrl.grading import answers_match
+from mathrl.records import wilson_interval
 from mathrl.tasks import get_task, subsample
 
 ROW_FIELDS = {"id", "sample_idx", "question", "gold", "prompt", "completion", "pred_strict", "pred_flexible",
@@ -288,7 +291,7 @@ def test_wilson_interval():
 
 
 def test_library_versions():
-    v = evaluate.library_versions()
+    v = provenance.library_versions()
     assert v["python"].count(".") == 2 and "torch" in v and "transformers" in v
 
 

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mathrl import formats
+from mathrl.prompts import formats
 from mathrl.errors import MathrlError
-from mathrl.evaluate import lmeval_draws, question_shots, select_shots
-from mathrl.formats import FORMATS, Protocol, build_prompt, default_stop, get_format, preset
+from mathrl.eval.evaluate import lmeval_draws, question_shots, select_shots
+from mathrl.prompts.formats import FORMATS, Protocol, build_prompt, default_stop, get_format, preset
 from mathrl.grading import normalize
 from mathrl.tasks import get_task, subsample
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from mathrl.errors import MathrlError
-from mathrl.formats import Protocol, build_prompt
-from mathrl.generation import HFGenerator, SamplingParams, common_prefix_length, cut_at_stop, pick_backend
+from mathrl.prompts.formats import Protocol, build_prompt
+from mathrl.engine.decoding import cut_at_stop
+from mathrl.engine.generation import HFGenerator, SamplingParams, common_prefix_length, pick_backend
 
 NO_PREFIX = 10**9  # min_shared_prefix that is never reached: the shared-prefix cache is off
 

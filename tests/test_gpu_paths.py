@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from mathrl import models
+from mathrl.engine import models
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mathrl import grading
-from mathrl.formats import FORMATS, PROTOCOLS, Protocol
+from mathrl.prompts.formats import FORMATS, PROTOCOLS, Protocol
 from mathrl.grading import answers_match, extract_flexible, extract_strict, normalize, parse_number
 
 # --------------------------------------------------------------------------------------------------

@@ -10,11 +10,12 @@ from trl import GRPOTrainer
 
 from mathrl import config as cfgmod
 from mathrl.errors import MathrlError
-from mathrl.rewards import REWARDS, register_reward
-from mathrl.decoding import DecodingSettings
-from mathrl.generation import group_rows, sample_shared_prompts
+from mathrl.train.rewards import REWARDS, register_reward
+from mathrl.engine.decoding import DecodingSettings
+from mathrl.engine.generation import group_rows, sample_shared_prompts
 from mathrl.train.fast_grpo import FastGRPOTrainer
-from mathrl.train.grpo import GRPORunConfig, build_trainer, check_markers, hacking_alarm, run_grpo
+from mathrl.train.grpo import GRPORunConfig, build_trainer, run_grpo
+from mathrl.train.rl import check_markers, hacking_alarm
 
 if "distinct_chars" not in REWARDS:
     @register_reward("distinct_chars", description="test reward that varies across random completions")

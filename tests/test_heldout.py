@@ -14,8 +14,9 @@ from typer.testing import CliRunner
 from mathrl import grading
 from mathrl.cli import app
 from mathrl.errors import MathrlError
-from mathrl.formats import FORMATS
-from mathrl.tasks import answers, get_task
+from mathrl.prompts.formats import FORMATS
+from mathrl.tasks import get_task
+from mathrl.grading import answers
 from mathrl.tasks.heldout import MATH_SUBJECTS, SPECS, last_boxed
 
 runner = CliRunner()

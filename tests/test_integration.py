@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mathrl import models
+from mathrl.engine import models
 from mathrl.tasks import get_task, subsample
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

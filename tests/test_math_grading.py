@@ -13,9 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mathrl import grading, grading_math
+from mathrl import grading
+from mathrl.grading import math_answers as grading_math
 from mathrl.errors import MathrlError
-from mathrl.formats import FORMATS
+from mathrl.prompts.formats import FORMATS
 from mathrl.grading import answers_match, extract_flexible, extract_strict
 
 FIXTURE = Path(__file__).parent / "fixtures" / "math500_sample.jsonl"

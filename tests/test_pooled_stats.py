@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from mathrl.report_seeds import pooled_rows
-from mathrl.stats import mcnemar_p, question_sign_flip, sign_flip_p
+from mathrl.report.seeds import pooled_rows
+from mathrl.report.stats import mcnemar_p, question_sign_flip, sign_flip_p
 
 
 @pytest.mark.parametrize("b, c", [(0, 0), (0, 12), (34, 51), (5, 5), (3, 9), (100, 130)])

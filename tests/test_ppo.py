@@ -201,7 +201,7 @@ def test_shipped_ppo_config_is_valid_and_the_runner_knows_ppo():
     from pathlib import Path
 
     from mathrl import config as cfgmod
-    from mathrl.experiment import setting_names
+    from mathrl.experiments.kinds import setting_names
 
     cfg = cfgmod.resolve(PPORunConfig, Path(__file__).parent.parent / "configs" / "ppo" / "arithmetic_cpu.yaml", {})
     cfg.validate()

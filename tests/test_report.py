@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from mathrl import stats
+from mathrl import records
+from mathrl.report import stats
 from mathrl.errors import MathrlError
-from mathrl.report import build_report, discover
+from mathrl.report.build import build_report
+from mathrl.report.runs import discover
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 N = 40
@@ -282,26 +284,26 @@ def test_report_renders_in_headless_chromium(experiment, tmp_path):
 
 
 def test_report_interval_is_the_one_summary_json_uses(tmp_path):
-    """One accuracy-with-interval function (stats.accuracy_interval) for summary.json, the runner's table
+    """One accuracy-with-interval function (records.accuracy_interval) for summary.json, the runner's table
     and the report: the report once gave a bootstrap interval for the number summary.json gave Wilson's."""
-    from mathrl.report import build_report
+    from mathrl.report.build import build_report
 
     d = write_eval(tmp_path / "one", {"name": "m", "kind": "hub"}, [True] * 7 + [False] * 13)
     (row,) = build_report([d], tmp_path / "r1")["comparison"]
     assert row["interval"] == "wilson"
-    assert [row["ci_low_strict"], row["ci_high_strict"]] == [round(x, 4) for x in stats.wilson_interval(7, 20)]
+    assert [row["ci_low_strict"], row["ci_high_strict"]] == [round(x, 4) for x in records.wilson_interval(7, 20)]
     # two samples per question: accuracy over all completions, interval over questions
     rows = [json.loads(line) for line in (d / "results.jsonl").read_text().splitlines()]
     extra = [dict(r, sample_idx=1, correct_strict=not r["correct_strict"]) for r in rows[:10]]
     (d / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows + extra))
     (row,) = build_report([d], tmp_path / "r2")["comparison"]
-    acc, ci, name = stats.accuracy_interval([[r["correct_strict"] for r in rows + extra if r["id"] == q["id"]] for q in rows])
+    acc, ci, name = records.accuracy_interval([[r["correct_strict"] for r in rows + extra if r["id"] == q["id"]] for q in rows])
     assert (row["accuracy_strict"], [row["ci_low_strict"], row["ci_high_strict"]], row["interval"]) == (
         round(acc, 4), [round(x, 4) for x in ci], "question_cluster_normal")
 
 
 def test_flips_show_the_first_questions_whose_verdicts_differ_along_a_chain(tmp_path):
-    from mathrl.report import build_report
+    from mathrl.report.build import build_report
 
     write_eval(tmp_path / "base", {"name": "m", "kind": "hub"}, [False, False, True, False], completion="base says")
     write_eval(tmp_path / "sft", {"name": "s", "kind": "hub"}, [False, True, True, True], completion="sft says")
@@ -317,7 +319,7 @@ def test_flips_show_the_first_questions_whose_verdicts_differ_along_a_chain(tmp_
 
 def test_result_rows_are_typed_and_a_foreign_row_is_named(tmp_path):
     from mathrl.records import ResultRow
-    from mathrl.report import build_report
+    from mathrl.report.build import build_report
 
     d = write_eval(tmp_path / "e", {"name": "m", "kind": "hub"}, [True, False])
     rows = [json.loads(line) for line in (d / "results.jsonl").read_text().splitlines()]

@@ -1,4 +1,4 @@
-"""mathrl.rewards: built-in rewards on hand-written completions, robustness on any text, the registry."""
+"""mathrl.train.rewards: built-in rewards on hand-written completions, robustness on any text, the registry."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mathrl import rewards
+from mathrl.train import rewards
 from mathrl.errors import MathrlError
-from mathrl.formats import FORMATS
-from mathrl.rewards import REWARDS, build_rewards, get_reward, length_penalty, parse_reward_spec, register_reward
+from mathrl.prompts.formats import FORMATS
+from mathrl.train.rewards import REWARDS, build_rewards, get_reward, length_penalty, parse_reward_spec, register_reward
 
 BUILTINS = ["correctness", "correctness_flexible", "format_strict", "format_soft", "format", "closeness", "length"]
 

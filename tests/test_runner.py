@@ -14,10 +14,11 @@ import yaml
 from rich.console import Console
 from typer.testing import CliRunner
 
-from mathrl import experiment, generation
+from mathrl.experiments import budget_pricing, kinds, schema as experiment
+from mathrl.engine import generation
 from mathrl.cli import app
 from mathrl.errors import MathrlError
-from mathrl.runner import run_file
+from mathrl.experiments.runner import run_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EVAL = {"limit": 4, "max_new_tokens": 4, "batch_size": 4, "backend": "hf", "progress": False}
@@ -42,7 +43,7 @@ def stage_json(runs: Path, stage: str, exp: str = "tiny") -> dict:
 
 @pytest.fixture
 def fake_report(monkeypatch):
-    """Stand-in for mathrl.report: records calls, so these tests do not depend on the report's progress."""
+    """Stand-in for mathrl.report.build: records calls, so these tests do not depend on the report's progress."""
     calls = []
 
     def build_report(run_dirs, output_dir, metric="strict"):
@@ -51,7 +52,7 @@ def fake_report(monkeypatch):
         (Path(output_dir) / "report.html").write_text("<html></html>")
         return {}
 
-    monkeypatch.setitem(sys.modules, "mathrl.report", types.SimpleNamespace(build_report=build_report))
+    monkeypatch.setitem(sys.modules, "mathrl.report.build", types.SimpleNamespace(build_report=build_report))
     return calls
 
 
@@ -206,7 +207,7 @@ def toy_kind(monkeypatch):
     module = types.ModuleType("toy_trainer")
     module.ToyConfig, module.run_toy = ToyConfig, run_toy
     monkeypatch.setitem(sys.modules, "toy_trainer", module)
-    monkeypatch.setitem(experiment.KINDS, "toy", ("toy_trainer", "ToyConfig", "run_toy"))
+    monkeypatch.setitem(kinds.KINDS, "toy", ("toy_trainer", "ToyConfig", "run_toy"))
     TOY_CALLS.clear()
     return TOY_CALLS
 
@@ -233,7 +234,7 @@ def test_training_resume_and_rerun_inputs(toy_kind, tmp_path, fake_report):
 
 
 def test_missing_stage_kind_fails_only_its_stages(toy_kind, tmp_path, monkeypatch, fake_report):
-    monkeypatch.setitem(experiment.KINDS, "grpo", ("mathrl.train.not_there", "GRPORunConfig", "run_grpo"))
+    monkeypatch.setitem(kinds.KINDS, "grpo", ("mathrl.train.not_there", "GRPORunConfig", "run_grpo"))
     runs, f = tmp_path / "runs", tmp_path / "exp.yaml"
     write_exp(f, {"stages": {"sft": {"kind": "toy"}, "rl": {"kind": "grpo", "from": "sft", "beta": 0.04},
                              "rl2": {"kind": "toy", "from": "rl"}}})
@@ -250,10 +251,10 @@ def test_missing_stage_kind_fails_only_its_stages(toy_kind, tmp_path, monkeypatc
 
 @pytest.mark.parametrize("path", sorted((REPO_ROOT / "configs" / "experiments").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_experiment_files_dry_run(path, tmp_path, monkeypatch):
-    from mathrl import budget
+    from mathrl.experiments import budget
 
     # files with a budget calibrate their base model; the plan's arithmetic is tested in test_budget.py
-    monkeypatch.setattr(budget, "calibrate", lambda model, *a, **k: budget.Calibration(
+    monkeypatch.setattr(budget, "calibrate", lambda model, *a, **k: budget_pricing.Calibration(
         # the rates of a 2-core AVX2-only CPU, unloaded (measured: decode 138 tok/s at batch 32, training 75 tok/s)
         model, "float32", "avx2", decode_tokens_per_s=138.0, decode_batch=32, train_tokens_per_s=75.0, train_batch=4,
         seconds=20.0))
@@ -342,7 +343,7 @@ def test_cache_key_ignores_location_and_runner_owned_settings(tmp_path):
 
 
 def test_eval_grid_suite_expands_to_its_tasks_and_formats(tmp_path):
-    from mathrl.suite import SUITES
+    from mathrl.eval.suite import SUITES
 
     f = write_exp(tmp_path / "exp.yaml", {"defaults": {"model": "org/m"},
                                           "eval": {"suite": "generalisation", "tasks": ["arithmetic"], "limit": 5}})
@@ -368,7 +369,8 @@ STUDIES = ("pipeline", "sft_vs_grpo", "chat_template_matrix", "full_vs_lora", "g
 def test_each_study_ships_gpu_and_cpu_sized(study):
     """The GPU file trains a hub model; its CPU twin the embedded one, within a ≤ 45-minute budget and
     on ≥ 200 fixed test questions per evaluation."""
-    from mathrl import budget, config as cfgmod
+    from mathrl import config as cfgmod
+    from mathrl.experiments import budget
 
     gpu = cfgmod.load_yaml(REPO_ROOT / "configs" / "experiments" / f"{study}.yaml")["experiments"][study]
     cpu = cfgmod.load_yaml(REPO_ROOT / "configs" / "experiments" / f"{study}_cpu.yaml")["experiments"][f"{study}_cpu"]
@@ -450,23 +452,24 @@ def test_budget_replans_the_stages_not_started_from_the_time_used(tmp_path, monk
     """The first stage took 400 s of a plan that gave it ~268: the second, not started yet, gets what is
     left of the budget (it kept its first plan's steps, and the run overran). The re-plan is written to
     plan.json, so a rerun rebuilds the same settings and finds every stage cached."""
-    from mathrl import budget, runner
+    from mathrl.experiments import budget
+    from mathrl.experiments import runner
 
     module = types.ModuleType("planned_trainer")
     module.PlannedConfig, module.run_planned = PlannedConfig, run_planned
     monkeypatch.setitem(sys.modules, "planned_trainer", module)
-    monkeypatch.setitem(experiment.KINDS, "sft", ("planned_trainer", "PlannedConfig", "run_planned"))
+    monkeypatch.setitem(kinds.KINDS, "sft", ("planned_trainer", "PlannedConfig", "run_planned"))
     monkeypatch.setattr(runner, "_clock", lambda: CLOCK[0], raising=False)
     CLOCK[0] = 0.0
     PLANNED_CALLS.clear()
-    cal = budget.Calibration(model="m", dtype="float32", cpu_flags="avx2", decode_tokens_per_s=50.0, decode_batch=4,
+    cal = budget_pricing.Calibration(model="m", dtype="float32", cpu_flags="avx2", decode_tokens_per_s=50.0, decode_batch=4,
                              train_tokens_per_s=100.0, train_batch=4, seconds=3.0)
 
     def plan_experiment(stages, budget_s, exp_dir, console, replan=False, write=True):  # no model: fixed rates
         path = exp_dir / "plan.json"
         if path.exists():
             return json.loads(path.read_text())
-        plan = budget.make_plan(stages, budget_s, cal, prompt_len=40, solution_len=10, n_questions=300)
+        plan = budget_pricing.make_plan(stages, budget_s, cal, prompt_len=40, solution_len=10, n_questions=300)
         exp_dir.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(plan))
         return plan
@@ -477,10 +480,10 @@ def test_budget_replans_the_stages_not_started_from_the_time_used(tmp_path, monk
                                               "b": {"kind": "sft", "from": "a", "seconds": 10}}})
     out, text = run(f, runs)
     assert out == {"a": "ran", "b": "ran"}
-    first = budget.make_plan(experiment.load_experiments(f, runs)["tiny"], 600, cal, 40, 10, 300)["stages"]
+    first = budget_pricing.make_plan(experiment.load_experiments(f, runs)["tiny"], 600, cal, 40, 10, 300)["stages"]
     step = first["b"]["step_s"]  # 16 rows x 51 tokens / 100 tokens/s
     assert step == pytest.approx(8.16) and PLANNED_CALLS[0].max_steps == first["a"]["max_steps"] == 32
-    left = 600 * (1 - budget.MARGIN) - 400 - budget.REPORT_OVERHEAD_S - budget.STAGE_OVERHEAD_S
+    left = 600 * (1 - budget_pricing.MARGIN) - 400 - budget_pricing.REPORT_OVERHEAD_S - budget_pricing.STAGE_OVERHEAD_S
     assert PLANNED_CALLS[1].max_steps == int(left // step) < first["b"]["max_steps"]
     assert PLANNED_CALLS[1].max_minutes == pytest.approx(left / 60, abs=0.01)
     saved = json.loads((runs / "tiny" / "plan.json").read_text())

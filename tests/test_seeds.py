@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from mathrl.errors import MathrlError
-from mathrl.experiment import load_experiments
-from mathrl.report import build_report
-from mathrl.stats import mcnemar_p
+from mathrl.experiments.schema import load_experiments
+from mathrl.report.build import build_report
+from mathrl.report.stats import mcnemar_p
 from test_report import read_csv, write_eval
 
 

@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 
 from mathrl import config as cfgmod
 from mathrl.cli import app
-from mathrl.cli_options import settings_command
+from mathrl.cli.options import settings_command
 from mathrl.errors import MathrlError
-from mathrl.evaluate import EvalConfig, eval_config
-from mathrl.formats import Protocol
+from mathrl.eval.evaluate import EvalConfig, eval_config
+from mathrl.prompts.formats import Protocol
 from mathrl.train.grpo import GRPORunConfig
 from mathrl.train.ppo import PPORunConfig
 from mathrl.train.sft import SFTRunConfig
@@ -75,7 +75,7 @@ def test_eval_config_flag_old_meaning_still_works(tmp_path):
 def test_a_new_field_reaches_help_yaml_and_the_runner(tmp_path, monkeypatch):
     """One edit (a field) and the flag, the YAML key and the experiment setting exist."""
     import mathrl.train.grpo as grpo_mod
-    from mathrl import experiment
+    from mathrl.experiments import kinds, schema as experiment
 
     cls = dataclasses.make_dataclass("GRPOPlus", [("dynamic_sampling", bool, dataclasses.field(
         default=False, metadata={"help": "refill groups without reward spread"}))], bases=(GRPORunConfig,))
@@ -99,7 +99,7 @@ def test_a_new_field_reaches_help_yaml_and_the_runner(tmp_path, monkeypatch):
         cfgmod.resolve(cls, bad, {})
 
     monkeypatch.setattr(grpo_mod, "GRPOPlus", cls, raising=False)
-    monkeypatch.setitem(experiment.KINDS, "grpo", ("mathrl.train.grpo", "GRPOPlus", "run_grpo"))
+    monkeypatch.setitem(kinds.KINDS, "grpo", ("mathrl.train.grpo", "GRPOPlus", "run_grpo"))
     exp = tmp_path / "exp.yaml"
     exp.write_text(yaml.safe_dump({"experiments": {"x": {"stages": {"g": {"kind": "grpo", "dynamic_sampling": True}}}}}))
     stages = experiment.load_experiments(exp, tmp_path / "runs")["x"]

@@ -73,7 +73,7 @@ def test_resume_continues_at_saved_step(tiny_model_dir, tmp_path):
 
 
 def test_lora_merge_matches_adapter_logits(tiny_model_dir, tmp_path):
-    from mathrl.models import load_model
+    from mathrl.engine.models import load_model
 
     cfg = make_cfg(tiny_model_dir, tmp_path, method="lora", lora_r=4, lora_alpha=8, max_steps=3,
                    learning_rate=1e-2, format="tags", merge=True)
@@ -148,8 +148,8 @@ def test_time_budget_stops_training(tiny_model_dir, tmp_path):
 def test_every_format_trains_a_step_and_its_output_evaluates(tiny_model_dir, tmp_path, fmt, method):
     """Formats that add marker tokens (tags, think) crashed with LoRA (PEFT's trainable-token wrappers
     under TRL's fused LM head); every format x method must train and load for evaluation."""
-    from mathrl.evaluate import EvalConfig, run_eval
-    from mathrl.formats import Protocol
+    from mathrl.eval.evaluate import EvalConfig, run_eval
+    from mathrl.prompts.formats import Protocol
 
     out = tmp_path / "out"
     record = run_sft(make_cfg(tiny_model_dir, tmp_path, format=fmt, method=method, max_steps=1, train_samples=4))

@@ -8,11 +8,11 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from mathrl import models
+from mathrl.engine import models
 from mathrl.cli import app
 from mathrl.errors import MathrlError
-from mathrl.evaluate import EvalConfig
-from mathrl.suite import SUITES, parse_tasks, resolve, run_suite
+from mathrl.eval.evaluate import EvalConfig
+from mathrl.eval.suite import SUITES, parse_tasks, resolve, run_suite
 
 runner = CliRunner()
 
@@ -107,7 +107,7 @@ def test_suite_names_and_early_errors(tiny_model_dir, suite_data_dir, tmp_path):
 
 
 def _shots(k):
-    from mathrl.formats import Protocol
+    from mathrl.prompts.formats import Protocol
 
     return Protocol(shots=k)
 

@@ -12,7 +12,8 @@ import pytest
 
 from mathrl.errors import MathrlError
 from mathrl.tasks import TASKS, Sample, Task, get_task, register, subsample
-from mathrl.tasks.gsm8k import clean_solution, split_answer
+from mathrl.tasks.base import split_answer
+from mathrl.tasks.gsm8k import clean_solution
 
 # --------------------------------------------------------------------------------------------------
 # registry

@@ -7,11 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mathrl import formats
-from mathrl.decoding import cut_at_stop
-from mathrl.rewards import build_rewards
+from mathrl.prompts import formats
+from mathrl.engine.decoding import cut_at_stop
+from mathrl.train.rewards import build_rewards
 from mathrl.tasks import Task
-from mathrl.verdict import grade_completion
+from mathrl.grading.verdict import grade_completion
 
 PROTOCOLS = [formats.Protocol(format=f, chat_template=c) for f in formats.FORMATS for c in (True, False)]
 PIECES = ["<SOLUTION>", "</SOLUTION>", "<start_working_out>", "<end_working_out>", "<answer>", "</answer>",

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from mathrl import grading
 from mathrl.errors import MathrlError
-from mathrl.tasks.answers import extract as extract_answer, match as match_answer
+from mathrl.grading.answers import extract as extract_answer, match as match_answer
 
 
 def split_answer(text: str) -> tuple[str, str | None]:
@@ -38,7 +38,7 @@ class Sample:
 class Task:
     """Subclasses set `name`, `configs` and implement `load_split`.
 
-    `answer_type` (number, math, text; see mathrl.tasks.answers) is the task's kind of gold answer;
+    `answer_type` (number, math, text; see mathrl.grading.answers) is the task's kind of gold answer;
     a sample whose gold is of another kind says so in `meta["answer_type"]`. Evaluation and
     `mathrl grade` get every verdict from `grade` → `extract` and `check_answer`."""
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from mathrl import grading
 from mathrl.errors import MathrlError
 from mathrl.files import read_records
-from mathrl.tasks.base import Sample, Task, data_dir, held_for_validation, load_hub, register, split_answer  # noqa: F401 - split_answer: re-exported
+from mathrl.tasks.base import Sample, Task, data_dir, held_for_validation, load_hub, register, split_answer
 
 HUB_ID = "openai/gsm8k"
 

@@ -32,7 +32,7 @@ from typing import Any
 from mathrl import grading
 from mathrl.errors import MathrlError
 from mathrl.files import read_records
-from mathrl.tasks.answers import read_gold
+from mathrl.grading.answers import read_gold
 from mathrl.tasks.base import Sample, Task, data_dir, load_hub, register
 
 MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",

@@ -10,8 +10,8 @@ from __future__ import annotations
 from mathrl import grading
 from mathrl.errors import MathrlError
 from mathrl.files import read_records
-from mathrl.tasks.base import Sample, Task, register
-from mathrl.tasks.gsm8k import clean_solution, split_answer
+from mathrl.tasks.base import Sample, Task, register, split_answer
+from mathrl.tasks.gsm8k import clean_solution
 
 
 @register("jsonl")

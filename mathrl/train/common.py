@@ -289,7 +289,7 @@ def peft_config(cfg: Any) -> Any:
 def load_training_model(cfg: Any) -> tuple[Any, Any, dict[str, Any]]:
     """(model, tokenizer, model info) for a trainer: 4-bit NF4 weights with bf16 compute for
     `method: qlora` (CUDA + bitsandbytes, checked before anything loads), else `models.load_model`."""
-    from mathrl import models
+    from mathrl.engine import models
 
     if cfg.method != "qlora":
         return models.load_model(cfg.model, cfg.weight_dtype())

@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from trl import GRPOTrainer
 
-from mathrl.models import unwrap_causal_lm
+from mathrl.engine.models import unwrap_causal_lm
 from mathrl.train.saving import weights_sharded
-from mathrl.generation import group_rows
+from mathrl.engine.generation import group_rows
 
 _MULTIMODAL = ("pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes", "num_tiles",
                "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids")
@@ -172,12 +172,12 @@ def _through_wrapper(model: Any, fn: Any, *args: Any) -> Any:
 class FastGRPOTrainer(GRPOTrainer):
     """`GRPOTrainer` with shared-prompt log-prob passes and mathrl's shared-prompt sampling engine.
 
-    `decoding` (mathrl.decoding.DecodingSettings) is how completions are drawn: the same sampler, EOS set
+    `decoding` (mathrl.engine.decoding.DecodingSettings) is how completions are drawn: the same sampler, EOS set
     and stop strings as evaluation, with none of the model's own generation_config."""
 
     def __init__(self, *args: Any, decoding: Any, segment_tokens: int = 16, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        from mathrl.decoding import eos_token_ids
+        from mathrl.engine.decoding import eos_token_ids
 
         self.segment_tokens = segment_tokens
         self.decoding = decoding
@@ -186,7 +186,7 @@ class FastGRPOTrainer(GRPOTrainer):
     def _ended(self, ids: list[int]) -> bool:
         """The completion finished (EOS, or the token completing a stop string), rather than hitting the length
         limit. TRL's own rule (last id in EOS + pad) calls a stop-string ending truncated."""
-        from mathrl.decoding import cut_at_stop
+        from mathrl.engine.decoding import cut_at_stop
 
         if ids and ids[-1] in (*self.eos_token_ids, self._tokenizer.pad_token_id):
             return True
@@ -252,7 +252,7 @@ class FastGRPOTrainer(GRPOTrainer):
             return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
         from trl.models import unwrap_model_for_generation
 
-        from mathrl.generation import sample_shared_prompts
+        from mathrl.engine.generation import sample_shared_prompts
 
         with (
             unwrap_model_for_generation(self.model_wrapped, self.accelerator,

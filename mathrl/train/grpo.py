@@ -1,7 +1,7 @@
 """GRPO with verifiable rewards on TRL's GRPOTrainer (FastGRPOTrainer on the HF path, vLLM on GPUs).
 
 Prompts are exactly the evaluation prompts (`formats.build_prompt`), the rewards are mathrl's graders
-(`mathrl.rewards`), so a reward of 1 means `mathrl eval` would count the answer correct.
+(`mathrl.train.rewards`), so a reward of 1 means `mathrl eval` would count the answer correct.
 Per step the log holds each reward's mean and std, the total reward, the fraction of groups with
 zero reward spread, completion lengths, the clipped ratio, KL (beta > 0), entropy and step time, plus
 an `alarm` field when the format reward rises while correctness stays flat (reward hacking).
@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from mathrl import formats
-from mathrl.train.rl import check_markers, cpu_budget_note, hacking_alarm, make_alarm_callback, training_prompts  # noqa: F401 - earlier home
+from mathrl.prompts import formats
+from mathrl.train.rl import check_markers, cpu_budget_note, make_alarm_callback, training_prompts
 from mathrl.train.settings import PROMPT_POLICIES, HFSettings, RLSettings, opt
 from mathrl.errors import MathrlError
 from mathrl.tasks import Sample, get_task
@@ -79,7 +79,7 @@ class GRPORunConfig(RLSettings, HFSettings):
     def validate(self) -> None:
         super().validate()
         if self.prompt_policy == "pass_rate":
-            from mathrl.rewards import build_rewards
+            from mathrl.train.rewards import build_rewards
 
             funcs, _ = build_rewards(self.rewards, self.format)
             if not any(f.__name__.startswith("correctness") for f in funcs):
@@ -88,7 +88,7 @@ class GRPORunConfig(RLSettings, HFSettings):
 
 
 def _use_vllm(cfg: GRPORunConfig) -> bool:
-    from mathrl.generation import require_vllm, vllm_available
+    from mathrl.engine.generation import require_vllm, vllm_available
 
     if cfg.vllm == "on":
         require_vllm("--vllm on")
@@ -100,10 +100,10 @@ def build_trainer(cfg: GRPORunConfig) -> tuple[Any, list[Sample], dict[str, Any]
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    from mathrl import models
-    from mathrl.rewards import build_rewards
+    from mathrl.engine import models
+    from mathrl.train.rewards import build_rewards
     from mathrl.train import common
-    from mathrl.decoding import text_for_tokenizer
+    from mathrl.engine.decoding import text_for_tokenizer
     from mathrl.distributed import is_main_process
     from mathrl.train.dynamic_sampling import DynamicFastGRPOTrainer, DynamicGRPOTrainer
     from mathrl.train.fast_grpo import FastGRPOTrainer, fast_path_supported

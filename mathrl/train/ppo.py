@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mathrl import formats
+from mathrl.prompts import formats
 from mathrl.errors import MathrlError
 from mathrl.tasks import get_task
 from mathrl.train.settings import PPORunConfig  # noqa: F401 - in settings.py so the CLI need not import torch
@@ -151,10 +151,10 @@ def run_ppo(cfg: PPORunConfig) -> dict[str, Any]:
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
-    from mathrl import models
+    from mathrl.engine import models
     from mathrl import memory
     from mathrl.provenance import library_versions
-    from mathrl.rewards import build_rewards
+    from mathrl.train.rewards import build_rewards
     from mathrl.train import common
     from mathrl.train.rl import check_markers, cpu_budget_note, hacking_alarm, training_prompts
     from mathrl.train.saving import save_model

@@ -61,7 +61,7 @@ def policy_token_stats(policy: Any, input_ids: torch.Tensor, attention_mask: tor
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(log-probs, entropies, values or None) at the completion positions; only those positions go
     through the LM head (the shared-prompt pass of `FastGRPOTrainer`)."""
-    from mathrl.models import unwrap_causal_lm
+    from mathrl.engine.models import unwrap_causal_lm
     from mathrl.train.fast_grpo import shared_prefix_hidden, token_logps
 
     n = completion_mask.size(1)
@@ -98,8 +98,8 @@ def collect_rollouts(agent: Any, ref: Any, tokenizer: Any, prompts: list[str], g
 
     Completions come from the evaluation engine (`generation.sample_shared_prompts` with `settings`),
     on evaluation's prompt ids, and end where evaluation's do (EOS or a stop string)."""
-    from mathrl import decoding
-    from mathrl.generation import sample_shared_prompts
+    from mathrl.engine import decoding
+    from mathrl.engine.generation import sample_shared_prompts
 
     policy, device = agent.policy, agent.value_head.weight.device
     reps = cfg.rollouts_per_prompt

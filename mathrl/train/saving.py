@@ -29,7 +29,7 @@ def finish_run(trainer: Any, out: Path, base_name: str, merge: bool, record: dic
         if is_peft and sharded:
             name_adapter_base(adapter_dir, base_name)
             if merge:  # the adapter is on disk whole: merge from there
-                from mathrl import models
+                from mathrl.engine import models
 
                 merged, tokenizer, _ = models.load_model(str(adapter_dir), dtype="fp32", device="cpu")
                 save_model(merged, tokenizer, out, base_name, merge=True)

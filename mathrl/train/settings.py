@@ -7,7 +7,7 @@
 
 A trainer's class inherits the bases it needs and redeclares a field only where its default differs
 (a redeclared field keeps its place, so YAML keys, run records and --help order stay put). The
-command-line flags (`mathrl.cli_options`) and the experiment runner read these fields, so a field
+command-line flags (`mathrl.cli.options`) and the experiment runner read these fields, so a field
 added here is a flag, a YAML key and an experiment setting with no other edit.
 
 One validation: `checks()` returns (ok, message) pairs, each class adding its own to its bases', and
@@ -42,7 +42,7 @@ class PromptSettings(TaskSettings):
     TRAINER: ClassVar[str] = "training"  # in messages: "for GRPO sampling"
 
     def protocol(self) -> Any:
-        from mathrl import formats
+        from mathrl.prompts import formats
 
         return formats.Protocol(format=self.format, chat_template=self.chat_template,
                                 chat_template_kwargs=dict(self.chat_template_kwargs), system_prompt=self.system_prompt)
@@ -54,7 +54,7 @@ class PromptSettings(TaskSettings):
         for ok, msg in self.checks():
             if not ok:
                 raise MathrlError(msg)
-        from mathrl import formats
+        from mathrl.prompts import formats
 
         formats.get_format(self.format)
 
@@ -134,7 +134,7 @@ class HFSettings(TrainSettings):
 class RLSettings(TrainSettings):
     """Sampling and rewards: what GRPO and PPO share."""
 
-    rewards: str = opt("correctness,format:0.5", "NAME[:WEIGHT],... (see mathrl.rewards)")
+    rewards: str = opt("correctness,format:0.5", "NAME[:WEIGHT],... (see mathrl.train.rewards)")
     prompts: int | None = opt(None, "training prompts drawn from the train split; None: all")
     prompts_per_step: int = opt(4, "distinct prompts per step")
     max_completion_length: int = opt(256, "new-token budget per completion")
@@ -149,8 +149,8 @@ class RLSettings(TrainSettings):
     def decoding(self, protocol: Any = None) -> Any:
         """How completions are sampled: the evaluation engine's settings at the run's temperature and
         top_p, with the protocol's stop strings, so training generation ends where evaluation's does."""
-        from mathrl import formats
-        from mathrl.decoding import DecodingSettings
+        from mathrl.prompts import formats
+        from mathrl.engine.decoding import DecodingSettings
 
         protocol = protocol or self.protocol()
         return DecodingSettings(max_new_tokens=self.max_completion_length, temperature=self.temperature,
@@ -168,7 +168,7 @@ class RLSettings(TrainSettings):
 
     def validate(self) -> None:
         super().validate()
-        from mathrl.rewards import build_rewards
+        from mathrl.train.rewards import build_rewards
 
         build_rewards(self.rewards, self.format)  # unknown reward names fail before any model loads
 

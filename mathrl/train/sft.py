@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from mathrl import formats
+from mathrl.prompts import formats
 from mathrl.errors import MathrlError
 from mathrl.train.settings import HFSettings, opt
 from mathrl.tasks import Sample, get_task
@@ -84,7 +84,7 @@ def tokenize_examples(examples: list[dict[str, str]], tokenizer: Any) -> list[di
     """input_ids = evaluation's prompt ids (`decoding.encode_prompts`, one special-tokens rule) + the
     completion's ids + EOS; completion_mask marks the completion. Tokenized here rather than by TRL, whose
     prompt tokenization differs from evaluation's for tokenizers that add BOS."""
-    from mathrl.decoding import encode_prompts
+    from mathrl.engine.decoding import encode_prompts
 
     prompts = encode_prompts(tokenizer, [e["prompt"] for e in examples])
     completions = tokenizer([e["completion"] for e in examples], add_special_tokens=False)["input_ids"]
@@ -101,7 +101,7 @@ def build_trainer(cfg: SFTRunConfig) -> tuple[Any, list[Sample], dict[str, Any],
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from mathrl import models
+    from mathrl.engine import models
     from mathrl.distributed import is_main_process
     from mathrl.train import common
     from mathrl.train.progress import quiet_progress

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from trl import SFTTrainer
 
-from mathrl.models import unwrap_causal_lm
+from mathrl.engine.models import unwrap_causal_lm
 from mathrl.train.fast_grpo import _MULTIMODAL, _through_wrapper, plain_model_blocker, trl_mismatch
 
 MIN_PREFIX = 16  # shorter shared prefixes are not worth a backbone call of their own

@@ -1,0 +1,1 @@
+"""Prompts: how a question is asked and an answer written (formats: formats, shots, protocol presets)."""
