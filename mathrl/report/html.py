@@ -117,7 +117,7 @@ def _img(path: Path, alt: str) -> str:
 def _arrow(pair: Any, pct: bool = False) -> str:
     if not pair:
         return "—"
-    fmt = _pct if pct else _num
+    fmt = _pct if pct else (lambda x: f"{x:.4g}")
     return f"{fmt(pair[0])} → {fmt(pair[1])}"
 
 
