@@ -203,7 +203,11 @@ def test_lm_eval_gsm8k_stock_protocol_draws_per_question(gsm8k_dir):
     assert text.split("\n\n")[0] == f"Question: {expected[5][0][0]}\nAnswer: {expected[5][0][1]}"
     with pytest.raises(MathrlError, match="per question"):
         select_shots(task, proto, fmt)
-    assert len(train) == len(train_raw)
+    # shots come from the whole published train file (as lm-eval draws them), though `train` (what
+    # training sees) leaves out the validation slice; a validation evaluation draws from `train` only
+    assert len(task.load_shots()) == len(train_raw) == len(train) + len(task.load("validation"))
+    assert {q for q, _ in question_shots(task, proto, fmt, test[:3], test, split="validation")[test[0].id]} <= {
+        s.question for s in train}
 
 
 def test_lmeval_draws_equal_lm_evals_own_sampler():

@@ -96,9 +96,9 @@ def eval_config(settings: dict[str, Any], source: str = "options") -> EvalConfig
     return cfg
 
 
-def _shot_pool(task: Task, protocol: Protocol) -> list[Sample]:
+def _shot_pool(task: Task, protocol: Protocol, split: str = "test") -> list[Sample]:
     try:
-        pool = task.load_train()
+        pool = task.load_shots(split)
     except MathrlError as e:
         raise MathrlError(f"--shots {protocol.shots} needs the task's train split: {e}") from None
     if len(pool) < protocol.shots:
@@ -115,15 +115,15 @@ def _written(shots: list[Sample], protocol: Protocol, fmt: Format) -> list[tuple
 SHOT_SELECTIONS = ("random", "first", "lm-eval")
 
 
-def select_shots(task: Task, protocol: Protocol, fmt: Format) -> list[tuple[str, str]]:
-    """The shots every question shares (shot_selection random or first)."""
+def select_shots(task: Task, protocol: Protocol, fmt: Format, split: str = "test") -> list[tuple[str, str]]:
+    """The shots every question shares (shot_selection random or first), for an evaluation of `split`."""
     if protocol.shot_selection not in SHOT_SELECTIONS:
         raise MathrlError(f"unknown shot_selection {protocol.shot_selection!r}; choose one of: {', '.join(SHOT_SELECTIONS)}")
     if protocol.shots <= 0:
         return []
     if protocol.shot_selection == "lm-eval":
         raise MathrlError("shot_selection lm-eval draws shots per question: use question_shots")
-    pool = _shot_pool(task, protocol)
+    pool = _shot_pool(task, protocol, split)
     if protocol.shot_selection == "first":
         chosen = pool[: protocol.shots]
     else:
@@ -153,13 +153,13 @@ def lmeval_draws(pool_size: int, k: int, n_docs: int, seed: int, same_split: boo
 
 
 def question_shots(task: Task, protocol: Protocol, fmt: Format, samples: list[Sample],
-                   split_samples: list[Sample] | None = None) -> dict[str, list[tuple[str, str]]]:
+                   split_samples: list[Sample] | None = None, split: str = "test") -> dict[str, list[tuple[str, str]]]:
     """Sample id → its shots. `split_samples` is the whole evaluated split in order (the lm-eval
     sampler's draws follow each question's position there, not its place in a --limit subset)."""
     if protocol.shot_selection != "lm-eval" or protocol.shots <= 0:
-        shared = select_shots(task, protocol, fmt)
+        shared = select_shots(task, protocol, fmt, split)
         return {s.id: shared for s in samples}
-    pool = _shot_pool(task, protocol)
+    pool = _shot_pool(task, protocol, split)
     position = {s.id: i for i, s in enumerate(split_samples if split_samples is not None else samples)}
     wanted = [position[s.id] for s in samples]
     same = {s.id for s in pool[:1]} <= set(position)  # shots drawn from the evaluated split itself
@@ -269,7 +269,7 @@ def run_eval(cfg: EvalConfig, model_bundle: Any = None) -> dict[str, Any]:
     backend = generation.pick_backend(cfg.backend)  # a missing vLLM fails before anything is written
     split_samples = task.load(cfg.split)
     samples = subsample(split_samples, cfg.limit, cfg.sample_seed)
-    shots = question_shots(task, cfg.protocol, fmt, samples, split_samples)
+    shots = question_shots(task, cfg.protocol, fmt, samples, split_samples, cfg.split)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     done_rows = _check_resume(out, cfg)

@@ -71,6 +71,12 @@ class Task:
     def load_train(self) -> list[Sample]:
         return self.load("train")
 
+    def load_shots(self, evaluated_split: str = "test") -> list[Sample]:
+        """The pool few-shot exemplars come from when `evaluated_split` is evaluated: the train split
+        (a task whose validation slice is cut from its published train file returns that whole file for
+        test evaluations, so shots are drawn as other harnesses draw them)."""
+        return self.load_train()
+
     def load_test(self) -> list[Sample]:
         return self.load("test")
 

@@ -61,10 +61,21 @@ class GSM8K(Task):
     def describe(self) -> dict:
         return super().describe() | {"hub_id": HUB_ID, "hub_configs": [self.config], "licence": "MIT"}
 
+    def load_shots(self, evaluated_split: str = "test") -> list[Sample]:
+        """Shots for a test evaluation come from the whole train file, in its order, as lm-eval draws them
+        (its `first_n` and seeded samplers index the published split); a validation evaluation takes them
+        from `train` only, so no validation question is ever its own exemplar."""
+        return self.load_train() if evaluated_split == "validation" else self._load("train", keep=None)
+
     def load_split(self, split: str) -> list[Sample]:
-        samples = []
-        for source, line, row in self._rows("train" if split == "validation" else split):
-            if split != "test" and (split == "validation") != held_for_validation(str(row.get("question", ""))):
+        return self._load("train", keep=False) if split == "train" else (
+            self._load("train", keep=True, name="validation") if split == "validation" else self._load(split, keep=None))
+
+    def _load(self, file_split: str, keep: bool | None, name: str | None = None) -> list[Sample]:
+        """Rows of `file_split`'s file: all (keep None), or those held (True) / not held (False) for validation."""
+        split, samples = name or file_split, []
+        for source, line, row in self._rows(file_split):
+            if keep is not None and keep != held_for_validation(str(row.get("question", ""))):
                 continue
             if "question" not in row or "answer" not in row:
                 missing = "question" if "question" not in row else "answer"
