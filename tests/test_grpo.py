@@ -350,3 +350,44 @@ def test_grpo_console_shows_reward_and_accuracy_not_dicts(tiny_model_dir, tmp_pa
     assert "{'loss'" not in text and "'dynamic/" not in text
     header = text[text.index("grpo: 2 steps"):].splitlines()[1].split()
     assert header[:4] == ["step", "reward", "acc", "lr"]
+
+
+def test_length_chunks_cover_every_row_once_longest_first():
+    from mathrl.train.fast_grpo import length_chunks
+
+    lengths = [3, 20, 19, 0, 7, 15, 16, 1]
+    chunks = length_chunks(lengths, max_chunks=3)
+    assert sorted(i for idx, _ in chunks for i in idx) == list(range(len(lengths)))
+    assert [c[1] for c in chunks] == sorted((c[1] for c in chunks), reverse=True)
+    for idx, longest in chunks:
+        assert longest == max(lengths[i] for i in idx)
+    assert len(chunks) == 3  # 20..16, then 7 (< 0.8 x 16), the rest once max_chunks are open
+
+
+def test_shared_prefix_hidden_in_length_chunks_matches_one_padded_pass(tiny_bundle):
+    """Rows of very different completion lengths (several chunks): the states at every real completion
+    position equal those of one plain forward over the padded batch, and gradients flow to the prompt."""
+    from mathrl.train.fast_grpo import shared_prefix_hidden
+
+    model, tok, _ = tiny_bundle
+    torch.manual_seed(0)
+    p_len, n = 6, 12
+    prompts = torch.randint(5, 100, (2, p_len))
+    prompts[1, :2] = tok.pad_token_id
+    p_mask = torch.ones(2, p_len, dtype=torch.long)
+    p_mask[1, :2] = 0
+    lengths = [12, 11, 5, 2, 9, 1]
+    rows = [0, 0, 0, 1, 1, 1]
+    comp = torch.randint(5, 100, (6, n))
+    c_mask = torch.zeros(6, n, dtype=torch.long)
+    for r, ln in enumerate(lengths):
+        c_mask[r, :ln] = 1
+    ids = torch.cat([prompts[rows], comp], 1)
+    mask = torch.cat([p_mask[rows], c_mask], 1)
+    got = shared_prefix_hidden(model, ids, mask, n)
+    ref = model.model(input_ids=ids, attention_mask=mask).last_hidden_state[:, -n - 1 : -1]
+    real = c_mask.bool()
+    assert torch.allclose(got[real], ref[real], atol=1e-5)
+    got[real].sum().backward()
+    assert model.model.embed_tokens.weight.grad is not None
+    model.zero_grad(set_to_none=True)

@@ -207,7 +207,11 @@ class DynamicSamplingMixin:
                 break
             picked = order[:k]
             used.update(self._dataset_prompts[i] for i in picked)
-            cand = self._sample([dict(self.train_dataset[i]) for i in picked for _ in range(size)])
+            self._refilling = True  # step timing: this round's sampling is `timing/refill`
+            try:
+                cand = self._sample([dict(self.train_dataset[i]) for i in picked for _ in range(size)])
+            finally:
+                self._refilling = False
             good = [h for h, ok in enumerate(group_spread(cand.rewards, self.reward_weights, size).tolist()) if ok]
             for g, h in zip(zero, good):
                 batch.replace_group(g, cand, h, size)

@@ -30,6 +30,7 @@ from trl import GRPOTrainer
 from mathrl.engine.models import unwrap_causal_lm
 from mathrl.train.saving import weights_sharded
 from mathrl.engine.generation import group_rows
+from mathrl.train.step_timing import StepTimingMixin
 
 _MULTIMODAL = ("pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes", "num_tiles",
                "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids")
@@ -38,24 +39,64 @@ _SCALED_HEAD = ("final_logit_softcapping", "logit_scale", "output_multiplier", "
 _HEAD_CHUNK = 1024  # positions per LM-head tile: bounds the fp32 (positions x vocab) buffer
 
 
+def length_chunks(lengths: list[int], max_chunks: int = 8, keep: float = 0.8) -> list[tuple[list[int], int]]:
+    """Rows grouped by completion length for the training passes: (row indices, the chunk's longest length),
+    longest first. A new chunk starts when a row is shorter than `keep` x its chunk's longest, so a chunk
+    pads at most ~1/keep of its real tokens (the last chunk, once `max_chunks` are open, takes the rest)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    chunks: list[tuple[list[int], int]] = []
+    for i in order:
+        if not chunks or (lengths[i] < keep * chunks[-1][1] and len(chunks) < max_chunks):
+            chunks.append(([], lengths[i]))
+        chunks[-1][0].append(i)
+    return chunks
+
+
 def shared_prefix_hidden(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_completion: int) -> torch.Tensor:
     """Final hidden states that predict each of the last `n_completion` tokens, shape (rows, n_completion, hidden),
-    running every distinct (left-padded) prompt once and the completions on its gathered KV cache."""
+    running every distinct (left-padded) prompt once and the completions on its gathered KV cache.
+
+    Completions are right-padded to the longest in the batch; the completion pass runs in chunks of rows of
+    similar length (`length_chunks`), each only as long as its longest row, so padding costs little. Rows
+    see the same positions and keys as in one padded pass (a causal model's real tokens never attend to
+    the padding after them): the states are the same, and zero at the positions no chunk computed, which
+    every caller masks out. Caches with layers other than transformers' plain `DynamicLayer` (sliding
+    windows keep more state) run as one chunk."""
     from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
 
     lm = unwrap_causal_lm(model)
     backbone = lm.base_model
-    prompt, prompt_mask = input_ids[:, :-n_completion], attention_mask[:, :-n_completion]
+    n = n_completion
+    prompt, prompt_mask = input_ids[:, :-n], attention_mask[:, :-n]
     first, inverse = group_rows(prompt, prompt_mask)
     cache = DynamicCache(config=lm.config)
     out = backbone(input_ids=prompt[first], attention_mask=prompt_mask[first], cache=cache, use_cache=True)
     last = out.last_hidden_state[:, -1:]  # prompts are left-padded: the last position is a real token
-    cache.batch_select_indices(inverse)
-    if n_completion == 1:
+    if n == 1:
         return last[inverse]
-    rest = backbone(input_ids=input_ids[:, -n_completion:-1], attention_mask=attention_mask[:, :-1],
-                    cache=cache, use_cache=True).last_hidden_state
-    return torch.cat([last[inverse], rest], dim=1)
+    real = attention_mask[:, -n:]
+    lengths = (real.shape[1] - real.flip(1).int().argmax(1)).where(real.any(1), 0).tolist()  # last real token + 1
+    plain = all(type(layer) is DynamicLayer for layer in cache.layers)
+    chunks = length_chunks(lengths) if plain else [(list(range(len(lengths))), n)]
+    saved = [(layer.keys, layer.values) for layer in cache.layers]
+    parts, rows = [], []
+    for idx, longest in chunks:
+        sel = torch.tensor(idx, device=input_ids.device)
+        head = last[inverse[sel]]
+        if longest > 1:
+            for layer, (k, v) in zip(cache.layers, saved):
+                layer.keys, layer.values = k, v
+            cache.batch_select_indices(inverse[sel])
+            width = prompt.size(1) + longest - 1
+            rest = backbone(input_ids=input_ids[sel, -n:-n + longest - 1], attention_mask=attention_mask[sel, :width],
+                            cache=cache, use_cache=True).last_hidden_state
+            head = torch.cat([head, rest], dim=1)
+        parts.append(torch.nn.functional.pad(head, (0, 0, 0, n - head.size(1))))
+        rows += idx
+    where = torch.empty(len(rows), dtype=torch.long, device=input_ids.device)
+    where[torch.tensor(rows, device=input_ids.device)] = torch.arange(len(rows), device=input_ids.device)
+    return torch.cat(parts)[where]
 
 
 def token_logps(lm_head: Any, hidden: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, temperature: float,
@@ -95,6 +136,8 @@ _OVERRIDDEN = {
     "_generate_and_score_completions": ["self", "inputs"],
     "_calculate_rewards": ["self", "inputs", "prompts", "completions", "completion_ids_list"],
     "_tokenize_prompts": ["self", "prompts"],
+    # FastGRPOTrainer: with micro-batches, the generation batch is shuffled by whole groups (`shuffle_groups`)
+    "_prepare_inputs": ["self", "generation_batch"],
 }
 
 
@@ -102,6 +145,10 @@ def fast_path_supported() -> str | None:
     """None when the installed TRL has the private methods FastGRPOTrainer and dynamic sampling override
     or call, with the tested signatures; else the reason (then stock GRPOTrainer runs, without dynamic
     sampling)."""
+    import trl.trainer.grpo_trainer as trl_grpo
+
+    if not callable(getattr(trl_grpo, "shuffle_sequence_dict", None)):  # replaced around `_prepare_inputs`
+        return "trl.trainer.grpo_trainer has no shuffle_sequence_dict"
     return trl_mismatch(GRPOTrainer, _OVERRIDDEN)
 
 
@@ -122,6 +169,25 @@ def trl_mismatch(cls: type, overridden: dict[str, list[str]]) -> str | None:
         if got != params:
             return f"TRL {trl.__version__}'s {cls.__name__}.{name} has signature {got}, not the tested {params}"
     return None
+
+
+def shuffle_groups(batch: dict[str, Any], size: int) -> dict[str, Any]:
+    """TRL's `shuffle_sequence_dict`, permuting whole groups of `size` consecutive rows instead of rows.
+
+    TRL shuffles a generation batch before slicing it into micro-batches. With rows shuffled, a slice holds
+    a few rows of many groups and the shared-prompt pass runs nearly every prompt once per slice; with
+    groups kept whole it runs each prompt once. With one pass over the batch (num_iterations 1) the slices'
+    gradients add up to the same update whatever the order; with more, every slice is still a uniform
+    random subset of groups."""
+    n = len(next(v for v in batch.values() if v is not None))
+    order = torch.randperm(n // size).repeat_interleave(size) * size + torch.arange(size).repeat(n // size)
+
+    def permute(v: Any) -> Any:
+        if v is None or (isinstance(v, torch.Tensor) and v.ndim == 0):
+            return v
+        return v[order] if isinstance(v, torch.Tensor) else [v[i] for i in order.tolist()]
+
+    return {key: permute(value) for key, value in batch.items()}
 
 
 def plain_model_blocker(trainer: Any, model: Any) -> str | None:
@@ -169,7 +235,7 @@ def _through_wrapper(model: Any, fn: Any, *args: Any) -> Any:
             inner.forward = saved
 
 
-class FastGRPOTrainer(GRPOTrainer):
+class _FastGRPOCore(GRPOTrainer):
     """`GRPOTrainer` with shared-prompt log-prob passes and mathrl's shared-prompt sampling engine.
 
     `decoding` (mathrl.engine.decoding.DecodingSettings) is how completions are drawn: the same sampler, EOS set
@@ -224,6 +290,19 @@ class FastGRPOTrainer(GRPOTrainer):
         out["num_items_in_batch"] = self.accelerator.gather(out["completion_mask"].sum()).sum()
         return out
 
+    def _prepare_inputs(self, generation_batch):  # noqa: ANN001
+        """TRL's, with the generation batch shuffled by whole groups when it is sliced into micro-batches."""
+        import trl.trainer.grpo_trainer as trl_grpo
+
+        if self.args.steps_per_generation == 1 or not self.model.training:
+            return super()._prepare_inputs(generation_batch)
+        saved = trl_grpo.shuffle_sequence_dict
+        trl_grpo.shuffle_sequence_dict = lambda batch: shuffle_groups(batch, self.num_generations)
+        try:
+            return super()._prepare_inputs(generation_batch)
+        finally:
+            trl_grpo.shuffle_sequence_dict = saved
+
     def _fast_path_ok(self, model: Any, compute_aux_loss: bool, extra: dict[str, Any]) -> bool:
         return (not compute_aux_loss and all(extra.get(k) is None for k in _MULTIMODAL)
                 and plain_model_blocker(self, model) is None)
@@ -261,3 +340,8 @@ class FastGRPOTrainer(GRPOTrainer):
         ):
             completions = sample_shared_prompts(lm, self._tokenizer, prompt_ids, self.decoding, self.segment_tokens)
         return [c.token_ids for c in completions], None
+
+
+class FastGRPOTrainer(StepTimingMixin, _FastGRPOCore):
+    """The fast path with its per-step time breakdown (`timing/*`, mathrl.train.step_timing) wrapped around
+    it: the timers sit above the overrides, which do not call TRL's versions of what they replace."""

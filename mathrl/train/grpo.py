@@ -31,6 +31,9 @@ class GRPORunConfig(RLSettings, HFSettings):
 
     num_generations: int = opt(8, "completions per prompt (the GRPO group)")
     batch_size: int | None = opt(None, "completions per device step; None: prompts_per_step x num_generations")
+    micro_batch_size: int | None = opt(None, "completions per forward/backward pass: a step's completions are split "
+                                       "into micro-batches of whole groups whose gradients add up to the same update "
+                                       "(less memory, same maths); None: the whole step in one pass")
     beta: float = opt(0.0, "KL coefficient; > 0 loads a reference model")
     loss_type: str = opt("dapo", "grpo | dr_grpo | dapo | bnpo")
     epsilon: float = opt(0.2, "policy ratio clip")
@@ -59,12 +62,20 @@ class GRPORunConfig(RLSettings, HFSettings):
     def completions_per_step(self) -> int:
         return self.batch_size or self.prompts_per_step * self.num_generations
 
+    def micro_batches(self) -> int:
+        """Forward/backward passes per `completions_per_step()` completions."""
+        return self.completions_per_step() // (self.micro_batch_size or self.completions_per_step())
+
     def checks(self) -> list[tuple[bool, str]]:
         per_step = self.completions_per_step()
         return super().checks() + [
             (self.num_generations >= 2, f"num_generations must be at least 2 (GRPO compares a group), got {self.num_generations}"),
             (per_step % self.num_generations == 0,
              f"batch_size {per_step} is not divisible by num_generations {self.num_generations}"),
+            (self.micro_batch_size is None or (self.micro_batch_size >= 1 and self.micro_batch_size % self.num_generations == 0
+                                               and per_step % self.micro_batch_size == 0),
+             f"micro_batch_size {self.micro_batch_size} must be a multiple of num_generations {self.num_generations} "
+             f"that divides the {per_step} completions of a step"),
             (self.loss_type in LOSS_TYPES, f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {self.loss_type!r}"),
             (self.beta >= 0, f"beta must be >= 0, got {self.beta}"),
             (self.vllm in ("auto", "on", "off"), f"vllm must be auto, on or off, got {self.vllm!r}"),
@@ -126,14 +137,19 @@ def build_trainer(cfg: GRPORunConfig) -> tuple[Any, list[Sample], dict[str, Any]
     if note and is_main_process():
         print(note, flush=True)
     fast_bf16 = on_cuda or models.cpu_has_fast_bf16()
+    hf_args = common.hf_trainer_arguments(cfg, on_cuda, fast_bf16)
+    # micro-batches are TRL's own accumulation: one generation of per_device x steps_per_generation (= the
+    # accumulation steps) completions per optimizer step, trained in slices of per_device
+    hf_args["gradient_accumulation_steps"] = cfg.grad_accum * cfg.micro_batches()
     args = GRPOConfig(
-        output_dir=cfg.output_dir, max_steps=cfg.max_steps, per_device_train_batch_size=cfg.completions_per_step(),
+        output_dir=cfg.output_dir, max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.micro_batch_size or cfg.completions_per_step(),
         num_generations=cfg.num_generations,
         max_completion_length=cfg.max_completion_length, temperature=cfg.temperature, top_p=cfg.top_p,
         beta=cfg.beta, loss_type=cfg.loss_type, epsilon=cfg.epsilon, num_iterations=cfg.num_iterations,
         scale_rewards=cfg.scale_rewards, mask_truncated_completions=cfg.mask_truncated_completions,
         reward_weights=weights, use_vllm=vllm, vllm_mode=cfg.vllm_mode, vllm_server_base_url=cfg.vllm_server_url,
-        log_completions=cfg.log_completions, **common.hf_trainer_arguments(cfg, on_cuda, fast_bf16),
+        log_completions=cfg.log_completions, **hf_args,
     )
     models.set_attention(model, cfg.half_compute(fast_bf16))  # half compute: mathrl_gqa on CPU, flash-attn on CUDA
     peft_config = common.peft_config(cfg)
@@ -165,7 +181,7 @@ def run_grpo(cfg: GRPORunConfig) -> dict[str, Any]:
     """Train, save model + tokenizer + log + reward curves into cfg.output_dir; return the run record."""
     from mathrl import memory
     from mathrl.provenance import library_versions
-    from mathrl.train import common, saving
+    from mathrl.train import common, saving, step_timing
     from mathrl.train.fast_grpo import FastGRPOTrainer
 
     cfg.validate()
@@ -179,7 +195,8 @@ def run_grpo(cfg: GRPORunConfig) -> dict[str, Any]:
     result = trainer.train(resume_from_checkpoint=checkpoint)
     train_seconds = time.perf_counter() - start
     # the log is the main process's file: the others leave its fields empty
-    steps = [r for r in common.read_log(out / "train_log.jsonl") if "reward" in r] if trainer.is_world_process_zero() else []
+    log_rows = common.read_log(out / "train_log.jsonl") if trainer.is_world_process_zero() else []
+    steps = [r for r in log_rows if "reward" in r]
     record = {
         "trainer": "grpo", "config": asdict(cfg), "base_model": info, "num_prompts": len(samples),
         "train_seconds": round(train_seconds, 1), "global_step": trainer.state.global_step,
@@ -193,6 +210,8 @@ def run_grpo(cfg: GRPORunConfig) -> dict[str, Any]:
         "decoding": cfg.decoding().effective() if isinstance(trainer, FastGRPOTrainer) else
         {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_completion_length,
          "sampler": "trl", "stop": []},
+        # median seconds per step of each part (mathrl.train.step_timing); None on stock TRL
+        "timing": step_timing.median_parts(log_rows) if isinstance(trainer, FastGRPOTrainer) else None,
         "resumed_from": checkpoint, "versions": library_versions(), "memory": memory.peak(),
     }
     saving.finish_run(trainer, out, cfg.model, cfg.merge, record)
