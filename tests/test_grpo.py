@@ -391,3 +391,28 @@ def test_shared_prefix_hidden_in_length_chunks_matches_one_padded_pass(tiny_bund
     got[real].sum().backward()
     assert model.model.embed_tokens.weight.grad is not None
     model.zero_grad(set_to_none=True)
+
+
+def test_sampling_copy_is_bf16_and_follows_the_policy_after_a_step(build_tiny, tmp_path):
+    """Under bf16 compute a plain fp32 CPU policy samples from a bf16 copy that is re-synced when the
+    version (optimizer step) changes, never in between; fp32 compute and LoRA models sample from themselves."""
+    from transformers import AutoModelForCausalLM
+
+    from mathrl.train.sampling_copy import SamplingCopy
+
+    model = AutoModelForCausalLM.from_pretrained(build_tiny(tmp_path / "m"))
+    assert SamplingCopy(bf16_compute=False).get(model, 0) is model
+    sc = SamplingCopy(bf16_compute=True)
+    copy0 = sc.get(model, 0)
+    assert copy0 is not model and next(copy0.parameters()).dtype == torch.bfloat16
+    assert not any(p.requires_grad for p in copy0.parameters())
+    with torch.no_grad():
+        model.lm_head.weight.add_(1.0)  # "an optimizer step"
+    w = model.lm_head.weight.to(torch.bfloat16)
+    assert not torch.equal(sc.get(model, 0).lm_head.weight, w)  # same version: not re-synced
+    assert sc.get(model, 1) is copy0 and torch.equal(copy0.lm_head.weight, w)
+
+    from peft import LoraConfig, get_peft_model
+
+    lora = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
+    assert SamplingCopy(bf16_compute=True).get(lora, 0) is lora

@@ -28,6 +28,7 @@ import torch
 from trl import GRPOTrainer
 
 from mathrl.engine.models import unwrap_causal_lm
+from mathrl.train.sampling_copy import SamplingCopy
 from mathrl.train.saving import weights_sharded
 from mathrl.engine.generation import group_rows
 from mathrl.train.step_timing import StepTimingMixin
@@ -247,6 +248,7 @@ class _FastGRPOCore(GRPOTrainer):
 
         self.segment_tokens = segment_tokens
         self.decoding = decoding
+        self.sampling_copy = SamplingCopy(bool(self.args.bf16))
         self.eos_token_ids = eos_token_ids(self._tokenizer, unwrap_causal_lm(self.model))
 
     def _ended(self, ids: list[int]) -> bool:
@@ -338,7 +340,8 @@ class _FastGRPOCore(GRPOTrainer):
                                         gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs) as lm,
             torch.no_grad(),
         ):
-            completions = sample_shared_prompts(lm, self._tokenizer, prompt_ids, self.decoding, self.segment_tokens)
+            sampler = self.sampling_copy.get(unwrap_causal_lm(lm), self.state.global_step)
+            completions = sample_shared_prompts(sampler, self._tokenizer, prompt_ids, self.decoding, self.segment_tokens)
         return [c.token_ids for c in completions], None
 
 
