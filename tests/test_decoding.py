@@ -25,7 +25,8 @@ def _logits(vocab: int, seed: int = 0) -> torch.Tensor:
 
 def test_inverse_cdf_sampler_is_exact_over_a_large_vocabulary():
     """The distribution the sampler implements (its CDF steps) equals the softmax: float32 cumulative sums
-    lost 2-3e-4 of total variation here and made tail tokens undrawable."""
+    lost 2-3e-4 of total variation here and made tail tokens undrawable; a float32 softmax accumulated in
+    float64 is at ~2e-8 (float32 rounding of each probability), so 1e-6 separates the two by 300x."""
     scores = _logits(49_152)
     exact = torch.softmax(scores.double(), -1)[0]
     captured = {}
@@ -43,7 +44,7 @@ def test_inverse_cdf_sampler_is_exact_over_a_large_vocabulary():
     cdf = captured["cdf"][0].double()
     implied = torch.diff(cdf, prepend=cdf.new_zeros(1)) / cdf[-1]
     tv = 0.5 * float((implied - exact).abs().sum())
-    assert tv < 1e-9, f"total-variation distance {tv:.2e}"
+    assert tv < 1e-6, f"total-variation distance {tv:.2e}"
 
 
 def test_inverse_cdf_draws_pass_a_chi_square_test():

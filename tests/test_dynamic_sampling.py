@@ -134,6 +134,35 @@ def test_zero_spread_groups_are_refilled_and_advantages_are_trls_for_the_trained
     torch.testing.assert_close(stock["advantages"], gen["out"]["advantages"])
 
 
+def test_oversampled_candidates_share_the_steps_generation_call(tiny_model_dir, tmp_path):
+    """oversample 1.0, no refill rounds: each step makes one generation call for its own groups and as many
+    candidates, zero-spread groups are replaced from those candidates, and the advantages are TRL's
+    (group-normalised) for the rows trained."""
+    trainer, _, _ = build_trainer(dyn_cfg(tiny_model_dir, tmp_path, oversample=1.0, max_refills=0, max_steps=3))
+    calls, gen_single = [], trainer._generate_single_turn
+
+    def count(prompt_ids, *a, **k):
+        if trainer._replay is None:  # TRL's pass on the final batch replays; it generates nothing
+            calls.append(len(prompt_ids))
+        return gen_single(prompt_ids, *a, **k)
+
+    trainer._generate_single_turn = count
+    seen = _spy(trainer)
+    trainer.train()
+    size, weights = trainer.num_generations, trainer.reward_weights
+    assert calls == [2 * len(gen["drawn"]) for gen in seen] and len(seen) == 3
+    log, fewer = _log(tmp_path), 0
+    for gen, row in zip(seen, log):
+        groups = len(gen["drawn"]) // size
+        assert len(gen["rows"]) == len(gen["drawn"]) and row["dynamic/extra_prompts"] == groups
+        assert row["dynamic/refills"] == 0
+        fewer += row["dynamic/zero_std_after"] < row["dynamic/zero_std_before"]
+        total = (gen["rewards"] * weights).nansum(1).view(-1, size)
+        expected = (total - total.mean(1, keepdim=True)) / (total.std(1, keepdim=True) + 1e-4)
+        torch.testing.assert_close(gen["out"]["advantages"], expected.flatten(), atol=1e-6, rtol=1e-5)
+    assert fewer, "some step should have had a zero-spread group replaced by a candidate"
+
+
 def test_stock_trainer_refills_through_trls_own_generation(tiny_model_dir, tmp_path):
     from mathrl.train.dynamic_sampling import DynamicGRPOTrainer
 
@@ -195,6 +224,7 @@ def test_dynamic_sampling_is_deterministic_under_a_seed(tiny_model_dir, tmp_path
 
 @pytest.mark.parametrize("kw, message", [
     (dict(max_refills=-1), "max_refills must be >= 0"),
+    (dict(oversample=-0.5), "oversample must be >= 0"),
     (dict(prompt_policy="hardest"), "prompt_policy must be one of uniform, pass_rate"),
     (dict(prompt_policy="pass_rate", dynamic_sampling=False, rewards="correctness"), "works inside dynamic sampling"),
     (dict(prompt_policy="pass_rate", rewards="half_constant"), "has none"),

@@ -140,7 +140,9 @@ def step_seconds(stage: Any, cal: Calibration, prompt_len: float, solution_len: 
     at the full `max_completion_length` (as its evaluations are: base models ramble).
 
     GRPO: generation is the step's share of a generation batch (`_grpo_rows`: 1/num_iterations of one),
-    with dynamic sampling's `max_refills` rounds regenerating `REFILL_SHARE` of it each; the training
+    with dynamic sampling's `oversample` adding that fraction of rows to it (linear in rows: pessimistic on
+    CPU, where decode steps cost less than their rows) and its `max_refills` rounds regenerating
+    `REFILL_SHARE` of it each (not counted when oversample >= 1 leaves them little to do); the training
     pass covers every completion of every micro-step; each generation batch also gets a forward pass
     for the old policy's log-probs (num_iterations > 1) and one of the reference model (beta > 0)."""
     s = _sizes(stage)
@@ -167,7 +169,8 @@ def step_seconds(stage: Any, cal: Calibration, prompt_len: float, solution_len: 
         trained = generated = prompts * group
     generate = prompts * cal.prefill_s_per_row + generated * completion / cal.decode_tokens_per_s
     if stage.kind == "grpo" and s.get("dynamic_sampling", True):
-        generate *= 1 + REFILL_SHARE * s.get("max_refills", 2)
+        over = s.get("oversample", 0.0)
+        generate *= 1 + over + (REFILL_SHARE * s.get("max_refills", 2) if over < 1 else 0.0)
 
     def pass_s(rows: float) -> float:
         prompt_rows = rows / group if fast else rows

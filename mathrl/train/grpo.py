@@ -45,6 +45,9 @@ class GRPORunConfig(RLSettings, HFSettings):
                                  "generated and scored, for up to max_refills rounds; the step trains on the refilled "
                                  "batch (same size)")
     max_refills: int = opt(2, "dynamic sampling: replacement rounds per step (0: only measure)")
+    oversample: float = opt(0.0, "dynamic sampling: replacement candidates drawn in the same generation call as the "
+                            "step's own groups, as a fraction of them (1.0: as many again); cheaper than a refill "
+                            "round of their own; refill rounds still run for groups left without reward spread")
     method: str = opt("full", "full | lora | qlora (CUDA + bitsandbytes: 4-bit base weights, LoRA in bf16)")
     prompt_policy: str = opt("uniform", "uniform: replacements drawn uniformly (seeded); pass_rate: a per-prompt record of "
                              "correctness steers the step's prompts and replacements toward prompts neither always nor "
@@ -82,6 +85,7 @@ class GRPORunConfig(RLSettings, HFSettings):
             (self.vllm_mode in ("colocate", "server"), f"vllm_mode must be colocate or server, got {self.vllm_mode!r}"),
             (self.scale_rewards in ("group", "batch", "none"), f"scale_rewards must be group, batch or none, got {self.scale_rewards!r}"),
             (self.max_refills >= 0, f"max_refills must be >= 0, got {self.max_refills}"),
+            (self.oversample >= 0, f"oversample must be >= 0, got {self.oversample}"),
             (self.prompt_policy in PROMPT_POLICIES, f"prompt_policy must be one of {', '.join(PROMPT_POLICIES)}, got {self.prompt_policy!r}"),
             (self.prompt_policy != "pass_rate" or self.dynamic_sampling,
              "prompt_policy pass_rate works inside dynamic sampling; drop --no-dynamic-sampling or use uniform"),
@@ -169,7 +173,7 @@ def build_trainer(cfg: GRPORunConfig) -> tuple[Any, list[Sample], dict[str, Any]
     if fast:
         kwargs.update(decoding=decoding, segment_tokens=cfg.segment_tokens)
     if dynamic:
-        kwargs.update(max_refills=cfg.max_refills, prompt_policy=cfg.prompt_policy)
+        kwargs.update(max_refills=cfg.max_refills, prompt_policy=cfg.prompt_policy, oversample=cfg.oversample)
     cls = {(True, True): DynamicFastGRPOTrainer, (True, False): FastGRPOTrainer,
            (False, True): DynamicGRPOTrainer, (False, False): GRPOTrainer}[(bool(fast), bool(dynamic))]
     trainer = cls(**kwargs)
