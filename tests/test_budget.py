@@ -376,3 +376,15 @@ def test_replan_gives_the_stages_not_started_the_time_left(tiny_model_dir, tmp_p
     # so far over that nothing fits: one step, said, and no error mid-run
     late = budget_pricing.replan(stages, plan, 590, pending, {"grpo"}, after="sft")
     assert late["stages"]["grpo"]["max_steps"] == 1 and late["stages"]["grpo"]["over_budget"]
+
+
+def test_oversample_is_priced_as_a_share_of_one_generation_and_replaces_refill_rounds(tiny_model_dir, tmp_path):
+    """Dynamic sampling: two refill rounds cost 1 + 2 x REFILL_SHARE generations; oversample 1.0 puts the
+    candidates into the same call (1 + OVERSAMPLE_SHARE) and leaves the refill rounds little to do."""
+    cal = fake_calibration()
+    generate, train = 4 * 8 / 50, (2 * 40 + 4 * 8) / 100
+    refills = budget_pricing.step_seconds(_grpo_stage(tiny_model_dir, tmp_path, dynamic_sampling=True), cal, 40, 10)
+    assert refills == pytest.approx(generate * (1 + 2 * budget_pricing.REFILL_SHARE) + train)
+    over = budget_pricing.step_seconds(_grpo_stage(tiny_model_dir, tmp_path, dynamic_sampling=True, oversample=1.0),
+                                       cal, 40, 10)
+    assert over == pytest.approx(generate * (1 + budget_pricing.OVERSAMPLE_SHARE) + train) and over < refills

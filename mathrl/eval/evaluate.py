@@ -252,6 +252,20 @@ def _check_resume(out: Path, cfg: EvalConfig) -> list[dict[str, Any]]:
     return []
 
 
+def _load(cfg: EvalConfig, backend: str, model_bundle: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """(model, tokenizer, model info): the bundle given (a callable loads on first use, so a suite skips
+    finished tasks unloaded), vLLM's tokenizer only (vLLM loads the model itself), or the HF model."""
+    from mathrl.engine import models
+
+    if model_bundle is not None:
+        return model_bundle() if callable(model_bundle) else model_bundle
+    if backend == "vllm":
+        path, kind = models.resolve(cfg.model)
+        return None, models.load_tokenizer(path, cfg.revision, cfg.trust_remote_code), {
+            "name": cfg.model, "kind": kind, "path": path, "revision": cfg.revision or models.model_revision(path, kind)}
+    return models.load_model(cfg.model, cfg.dtype, None, cfg.revision, cfg.trust_remote_code)
+
+
 def run_eval(cfg: EvalConfig, model_bundle: Any = None) -> dict[str, Any]:
     """Evaluate and return the summary. `model_bundle` = (model, tokenizer, info) to reuse a loaded
     model, or a callable returning one, called only when there is something left to generate."""
@@ -280,14 +294,7 @@ def run_eval(cfg: EvalConfig, model_bundle: Any = None) -> dict[str, Any]:
     gen_stats: dict[str, Any] = {}
     model_info: dict[str, Any] = {"name": cfg.model}
     if todo:
-        if model_bundle is not None:  # a callable loads on first use: a suite skips finished tasks unloaded
-            model, tokenizer, model_info = model_bundle() if callable(model_bundle) else model_bundle
-        elif backend == "vllm":
-            path, kind = models.resolve(cfg.model)
-            model, tokenizer = None, models.load_tokenizer(path, cfg.revision, cfg.trust_remote_code)
-            model_info = {"name": cfg.model, "kind": kind, "path": path, "revision": cfg.revision or models.model_revision(path, kind)}
-        else:
-            model, tokenizer, model_info = models.load_model(cfg.model, cfg.dtype, None, cfg.revision, cfg.trust_remote_code)
+        model, tokenizer, model_info = _load(cfg, backend, model_bundle)
         prompts = [formats.build_prompt(s.question, cfg.protocol, tokenizer, shots[s.id]) for s in todo]
         if backend == "vllm":
             gen = generation.VLLMGenerator(model_info["path"], tokenizer, cfg.dtype, cfg.seed)

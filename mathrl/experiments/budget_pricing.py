@@ -16,6 +16,9 @@ from mathrl.errors import MathrlError
 # Dynamic sampling regenerates the groups whose completions all got one reward: measured on the
 # embedded model, 0.25-1.0 of the groups as drawn (docs/evidence.md); priced at half per round.
 REFILL_SHARE = 0.5
+# oversample 1.0 (256 rows in one call instead of 128) made a GRPO step's generation 1.9x as long on a
+# 2-core AVX512-BF16 CPU (31-35 s vs 16-19 s, 2026-12-03, docs/evidence.md): decode is about linear in rows
+OVERSAMPLE_SHARE = 0.9
 STAGE_OVERHEAD_S = 8.0  # loading a model and tokenizer, writing outputs: measured 4-10 s for the 135M model
 REPORT_OVERHEAD_S = 15.0
 # A budget is a limit, not a target: plans aim this share under it. Recorded estimates erred by -8% to +7%
@@ -140,9 +143,9 @@ def step_seconds(stage: Any, cal: Calibration, prompt_len: float, solution_len: 
     at the full `max_completion_length` (as its evaluations are: base models ramble).
 
     GRPO: generation is the step's share of a generation batch (`_grpo_rows`: 1/num_iterations of one),
-    with dynamic sampling's `oversample` adding that fraction of rows to it (linear in rows: pessimistic on
-    CPU, where decode steps cost less than their rows) and its `max_refills` rounds regenerating
-    `REFILL_SHARE` of it each (not counted when oversample >= 1 leaves them little to do); the training
+    with dynamic sampling's `oversample` adding `OVERSAMPLE_SHARE` of it per unit (the extra rows share the
+    decode steps) and its `max_refills` rounds regenerating `REFILL_SHARE` of it each (not counted when
+    oversample >= 1 leaves them little to do); the training
     pass covers every completion of every micro-step; each generation batch also gets a forward pass
     for the old policy's log-probs (num_iterations > 1) and one of the reference model (beta > 0)."""
     s = _sizes(stage)
@@ -170,7 +173,7 @@ def step_seconds(stage: Any, cal: Calibration, prompt_len: float, solution_len: 
     generate = prompts * cal.prefill_s_per_row + generated * completion / cal.decode_tokens_per_s
     if stage.kind == "grpo" and s.get("dynamic_sampling", True):
         over = s.get("oversample", 0.0)
-        generate *= 1 + over + (REFILL_SHARE * s.get("max_refills", 2) if over < 1 else 0.0)
+        generate *= 1 + OVERSAMPLE_SHARE * over + (REFILL_SHARE * s.get("max_refills", 2) if over < 1 else 0.0)
 
     def pass_s(rows: float) -> float:
         prompt_rows = rows / group if fast else rows

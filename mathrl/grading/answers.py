@@ -29,7 +29,8 @@ from typing import Any
 from mathrl import grading
 from mathrl.prompts.formats import FORMATS, Format
 
-ANSWER_TYPES = ("number", "math", "text", "no_answer")
+# Every answer type a task may give a sample: the grader's, plus the task rule for unanswerable questions.
+TASK_ANSWER_TYPES = (*grading.ANSWER_TYPES, "no_answer")
 NO_ANSWER = "[unanswerable]"  # Sample.answer of a no_answer item: never equal to a model's answer
 
 # What "this question cannot be answered" looks like. Deliberately phrases, not single words:

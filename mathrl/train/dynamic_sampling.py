@@ -6,9 +6,13 @@ step, `DynamicSamplingMixin` finds those groups and replaces them with groups fo
 prompts, generated and scored, for up to `max_refills` rounds; the step then trains on the refilled
 batch, which has the same number of groups and rows as before. With `oversample` > 0, replacement
 candidates (that fraction of the step's groups) are drawn in the same generation call as the step's own
-groups, so one decode batch serves both: on CPU a decode step's cost grows much less than its rows (a
-2-core AVX512-BF16 machine: 88 rows cost 12.5 s where 128 cost 15 s), so this is cheaper than a round
-of its own. Refill rounds still run after it for groups still missing, up to `max_refills`.
+groups, and refill rounds run after it only for groups still missing. Measured on a 2-core AVX512-BF16
+CPU (docs/evidence.md, 2026-12-03): decode cost grows about linearly with rows there (256 rows in one
+call 31-35 s, 128 rows 16-19 s), so a candidate drawn with the step costs ~0.9 of a step's row and a
+refilled one ~1.5 (smaller calls), but oversampling draws candidates for every group, needed or not:
+at ~50% zero-spread groups, oversample 1.0 cost as much per step as two refill rounds and filled more
+groups (2% vs 11% left without spread). It pays where refill rounds are expensive (GPU round trips,
+many ranks); it is off by default.
 
 How it sits in TRL (1.16): the mixin overrides `_generate_and_score_completions`. It samples and
 scores every candidate group first (TRL's tokenizer and reward call, the trainer's own generation),

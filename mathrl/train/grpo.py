@@ -46,8 +46,8 @@ class GRPORunConfig(RLSettings, HFSettings):
                                  "batch (same size)")
     max_refills: int = opt(2, "dynamic sampling: replacement rounds per step (0: only measure)")
     oversample: float = opt(0.0, "dynamic sampling: replacement candidates drawn in the same generation call as the "
-                            "step's own groups, as a fraction of them (1.0: as many again); cheaper than a refill "
-                            "round of their own; refill rounds still run for groups left without reward spread")
+                            "step's own groups, as a fraction of them (1.0: as many again); refill rounds still run "
+                            "for groups left without reward spread")
     method: str = opt("full", "full | lora | qlora (CUDA + bitsandbytes: 4-bit base weights, LoRA in bf16)")
     prompt_policy: str = opt("uniform", "uniform: replacements drawn uniformly (seeded); pass_rate: a per-prompt record of "
                              "correctness steers the step's prompts and replacements toward prompts neither always nor "

@@ -22,6 +22,7 @@ controller; completions cut at `max_completion_length` are scored like finished 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import shutil
 import time
@@ -145,38 +146,17 @@ def _reference(model: Any, cfg: PPORunConfig) -> Any:
     return ref
 
 
-def run_ppo(cfg: PPORunConfig) -> dict[str, Any]:
-    """Train; save model + tokenizer + value head + log + curves into cfg.output_dir; return the run record."""
-    from accelerate import Accelerator
-    from tqdm.auto import tqdm
+def _build(cfg: PPORunConfig, accelerator: Any, checkpoint: str | None) -> dict[str, Any]:
+    """The policy (+ value head), reference model, optimizer and scheduler, restored from `checkpoint`."""
     from transformers import get_scheduler
 
     from mathrl.engine import models
-    from mathrl import memory
-    from mathrl.provenance import library_versions
-    from mathrl.train.rewards import build_rewards
     from mathrl.train import common
-    from mathrl.train.rl import check_markers, cpu_budget_note, hacking_alarm, training_prompts
-    from mathrl.train.saving import save_model
+    from mathrl.train.rl import check_markers
 
-    cfg.validate()
-    memory.reset_peak()  # this run's peak, in the record (a runner process ran other stages before)
-    out = Path(cfg.output_dir)
-    checkpoint = common.checkpoint_to_resume(out, cfg.resume)
-    samples = training_prompts(cfg)
-    protocol = cfg.protocol()
-    settings = cfg.decoding(protocol)
-    task = get_task(cfg.task, cfg.task_config, data_dir=cfg.data_dir, **cfg.task_args)
-    reward_funcs, weights = build_rewards(cfg.rewards, cfg.format, task, settings.stop)
-    on_cuda = common.cuda_available()
-    accelerator = Accelerator(cpu=not on_cuda)
-    note = None if on_cuda else cpu_budget_note(cfg.rollouts_per_step(), cfg)
-    if note and accelerator.is_main_process:
-        print(note, flush=True)
-    fast_bf16 = on_cuda or models.cpu_has_fast_bf16()
-    bf16 = cfg.autocast_bf16(fast_bf16)
+    fast_bf16 = common.cuda_available() or models.cpu_has_fast_bf16()
     model, tokenizer, info = models.load_model(cfg.model, cfg.weight_dtype(), device=str(accelerator.device))
-    check_markers(tokenizer, protocol.resolved_format().markers)
+    check_markers(tokenizer, cfg.protocol().resolved_format().markers)
     models.set_attention(model, cfg.half_compute(fast_bf16))
     ref = _reference(model, cfg)
     if cfg.method == "lora":
@@ -194,26 +174,114 @@ def run_ppo(cfg: PPORunConfig) -> dict[str, Any]:
                               num_training_steps=cfg.max_steps * updates_per_step)
     start_step = load_checkpoint(checkpoint, agent, optimizer, scheduler) if checkpoint else 0
     agent, optimizer = accelerator.prepare(agent, optimizer)
-    unwrapped = accelerator.unwrap_model(agent)
-    dtype = torch.bfloat16 if bf16 else None
+    return {"agent": agent, "unwrapped": accelerator.unwrap_model(agent), "ref": ref, "tokenizer": tokenizer,
+            "info": info, "optimizer": optimizer, "scheduler": scheduler, "updates_per_step": updates_per_step,
+            "start_step": start_step,
+            # a fresh context per use: bf16 autocast where the device computes bf16 fast, else none
+            "autocast": (functools.partial(torch.autocast, accelerator.device.type, dtype=torch.bfloat16)
+                         if cfg.autocast_bf16(fast_bf16) else nullcontext)}
 
-    def autocast() -> Any:
-        return torch.autocast(accelerator.device.type, dtype=torch.bfloat16) if dtype else nullcontext()
 
+def _step_row(step: int, stats: dict[str, Any], lr: float, seconds: float, accelerator: Any) -> dict[str, Any]:
+    """One log row: every figure averaged over ranks, NaNs dropped, rounded."""
+    row = {**stats, "learning_rate": lr, "step_time": seconds}
+    row = {k: float(v) for k, v in zip(row, accelerator.reduce(torch.tensor(list(row.values()),
+                                                                             device=accelerator.device), "mean"))}
+    return {"step": step, "time": round(time.time(), 2), **{k: round(v, 6) for k, v in row.items() if v == v}}
+
+
+def _log_step(cfg: PPORunConfig, row: dict[str, Any], rows: list[dict[str, Any]], logs: tuple | None, texts: Any,
+              bar: Any) -> None:
+    """Append the step's row (with a reward-hacking alarm, when one fires) to the log, its completions to the
+    completions log (`logs` is None off the main process), and show it on the progress bar."""
+    from mathrl.train.rl import hacking_alarm
+
+    step = row["step"]
+    rows.append(row)
+    alarm = hacking_alarm(rows, cfg.alarm_window)
+    if alarm:
+        row["alarm"] = alarm
+        if logs is not None:
+            print(f"warning: step {step}: {alarm}", flush=True)
+    if logs is not None:
+        log, samples_log = logs
+        log.append([row])
+        if samples_log:
+            samples_log.append([{"step": step, "prompt": p, "completion": c, "reward": r} for p, c, r in zip(*texts)])
+    bar.update(1)
+    bar.set_postfix(reward=f"{row['reward']:.3f}", kl=f"{row.get('kl', 0.0):.3f}")
+    if cfg.verbose and logs is not None:
+        bar.write(str(row))
+
+
+def _refit(cfg: PPORunConfig, scheduler: Any, updates_per_step: int, horizon: int | None) -> int | None:
+    """A step budget's horizon below max_steps: the schedule now spans it (not the max_steps it was built
+    for); returns it, or None when there is nothing to refit."""
+    from mathrl.train import common
+
+    if horizon is None or horizon >= cfg.max_steps:
+        return None
+    common.fit_schedule(scheduler, cfg.lr_scheduler, cfg.warmup_steps * updates_per_step, horizon * updates_per_step)
+    return horizon
+
+
+def _reward_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"reward_first": rows[0]["reward"] if rows else None, "reward_last": rows[-1]["reward"] if rows else None,
+            "alarms": [r["alarm"] for r in rows if "alarm" in r]}
+
+
+def _save_run(cfg: PPORunConfig, out: Path, built: dict[str, Any], log_path: Path, record: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    from mathrl.train import common
+    from mathrl.train.saving import save_model
+
+    unwrapped = built["unwrapped"]
+    save_model(unwrapped.policy, built["tokenizer"], out, cfg.model, cfg.merge)
+    save_file({k: v.contiguous() for k, v in unwrapped.value_head.state_dict().items()}, str(out / "value_head.safetensors"))
+    common.plot_curves(log_path, out / "training_curves.png",
+                       ("reward", "kl", "policy_loss", "value_loss", "explained_variance", "completion_length"))
+    atomic_write_json(out / "mathrl_config.json", record)
+
+
+def run_ppo(cfg: PPORunConfig) -> dict[str, Any]:
+    """Train; save model + tokenizer + value head + log + curves into cfg.output_dir; return the run record."""
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    from mathrl import memory
+    from mathrl.provenance import library_versions
+    from mathrl.train.rewards import build_rewards
+    from mathrl.train import common
+    from mathrl.train.rl import cpu_budget_note, training_prompts
+
+    cfg.validate()
+    memory.reset_peak()  # this run's peak, in the record (a runner process ran other stages before)
+    out = Path(cfg.output_dir)
+    checkpoint = common.checkpoint_to_resume(out, cfg.resume)
+    samples = training_prompts(cfg)
+    protocol = cfg.protocol()
+    settings = cfg.decoding(protocol)
+    task = get_task(cfg.task, cfg.task_config, data_dir=cfg.data_dir, **cfg.task_args)
+    reward_funcs, weights = build_rewards(cfg.rewards, cfg.format, task, settings.stop)
+    accelerator = Accelerator(cpu=not common.cuda_available())
+    note = None if common.cuda_available() else cpu_budget_note(cfg.rollouts_per_step(), cfg)
+    if note and accelerator.is_main_process:
+        print(note, flush=True)
+    built = _build(cfg, accelerator, checkpoint)
+    agent, unwrapped, optimizer, scheduler = built["agent"], built["unwrapped"], built["optimizer"], built["scheduler"]
+    tokenizer, updates_per_step, start_step = built["tokenizer"], built["updates_per_step"], built["start_step"]
+    autocast = built["autocast"]
     prompts = [formats.build_prompt(s.question, protocol, tokenizer) for s in samples]
     main = accelerator.is_main_process
     log_path = out / "train_log.jsonl"
     if main:  # (checkpoint_to_resume kept only the rows up to start_step)
         out.mkdir(parents=True, exist_ok=True)
-    log = JsonlAppender(log_path)
-    samples_log = JsonlAppender(out / "completions.jsonl") if cfg.log_completions and main else None
+    logs = (JsonlAppender(log_path), JsonlAppender(out / "completions.jsonl") if cfg.log_completions and main else None)
     rows: list[dict[str, Any]] = [r for r in common.read_log(log_path) if "reward" in r]
     began, step = time.perf_counter(), start_step
     budget = common.resumed_budget(cfg.max_minutes, checkpoint, start_step) if cfg.max_minutes else None
-    planned = cfg.max_steps
-    if budget is not None and budget.stop_after is not None and budget.stop_after < cfg.max_steps:
-        planned = budget.stop_after  # the horizon the run was refit to before it was interrupted
-        common.fit_schedule(scheduler, cfg.lr_scheduler, cfg.warmup_steps * updates_per_step, planned * updates_per_step)
+    planned = _refit(cfg, scheduler, updates_per_step, budget.stop_after if budget else None) or cfg.max_steps  # resumed
     bar = tqdm(total=planned, initial=start_step, desc="ppo", unit="step", disable=not main, dynamic_ncols=True)
     while step < cfg.max_steps:
         t0 = time.perf_counter()
@@ -221,36 +289,16 @@ def run_ppo(cfg: PPORunConfig) -> dict[str, Any]:
         idx = prompt_indices(len(samples), step, cfg.prompts_per_step, accelerator.process_index,
                              accelerator.num_processes, cfg.seed)
         batch, rollout_stats, texts = collect_rollouts(
-            unwrapped, ref, tokenizer, [prompts[i] for i in idx], [samples[i].answer for i in idx], cfg,
+            unwrapped, built["ref"], tokenizer, [prompts[i] for i in idx], [samples[i].answer for i in idx], cfg,
             settings, reward_funcs, weights, autocast, [task.sample_answer_type(samples[i]) for i in idx])
         agent.train()
         stats = optimize(agent, accelerator, optimizer, scheduler, batch, cfg, autocast)
         step += 1
-        row = {**rollout_stats, **stats, "learning_rate": scheduler.get_last_lr()[0],
-               "step_time": time.perf_counter() - t0}
-        row = {k: float(v) for k, v in zip(row, accelerator.reduce(torch.tensor(list(row.values()),
-                                                                                 device=accelerator.device), "mean"))}
-        row = {"step": step, "time": round(time.time(), 2), **{k: round(v, 6) for k, v in row.items() if v == v}}
-        rows.append(row)
-        alarm = hacking_alarm(rows, cfg.alarm_window)
-        if alarm:
-            row["alarm"] = alarm
-            if main:
-                print(f"warning: step {step}: {alarm}", flush=True)
-        if main:
-            log.append([row])
-            if samples_log:
-                samples_log.append([{"step": step, "prompt": p, "completion": c, "reward": r}
-                                    for p, c, r in zip(*texts)])
-        bar.update(1)
-        bar.set_postfix(reward=f"{row['reward']:.3f}", kl=f"{row.get('kl', 0.0):.3f}")
-        if cfg.verbose and main:
-            bar.write(str(row))
+        row = _step_row(step, {**rollout_stats, **stats}, scheduler.get_last_lr()[0], time.perf_counter() - t0, accelerator)
+        _log_step(cfg, row, rows, logs if main else None, texts, bar)
         horizon, out_of_time = budget.decide(step, cfg.max_steps) if budget else (None, False)
-        if horizon is not None and horizon < cfg.max_steps:
-            # the schedule follows the steps that fit in the budget, not the max_steps it was built for
+        if _refit(cfg, scheduler, updates_per_step, horizon):
             planned = bar.total = horizon
-            common.fit_schedule(scheduler, cfg.lr_scheduler, cfg.warmup_steps * updates_per_step, planned * updates_per_step)
             if main:
                 print(f"[mathrl] {cfg.max_minutes:g}-minute budget: {planned} of {cfg.max_steps} steps fit", flush=True)
         if main and (step % cfg.save_steps == 0 or out_of_time or step == cfg.max_steps):
@@ -263,24 +311,16 @@ def run_ppo(cfg: PPORunConfig) -> dict[str, Any]:
     if main:
         from mathrl.train.progress import summary_table
 
-        pace = train_seconds / max(1, step - start_step)
-        print(summary_table(rows, f"ppo: {step} steps, {pace:.1f} s/step", rl=True), flush=True)
+        print(summary_table(rows, f"ppo: {step} steps, {train_seconds / max(1, step - start_step):.1f} s/step", rl=True),
+              flush=True)
     record = {
-        "trainer": "ppo", "config": asdict(cfg), "base_model": info, "num_prompts": len(samples),
+        "trainer": "ppo", "config": asdict(cfg), "base_model": built["info"], "num_prompts": len(samples),
         "train_seconds": round(train_seconds, 1), "global_step": step, "planned_steps": planned,
-        "seconds_per_step": round(train_seconds / max(1, step - start_step), 2),
-        "reward_first": rows[0]["reward"] if rows else None, "reward_last": rows[-1]["reward"] if rows else None,
-        "alarms": [r["alarm"] for r in rows if "alarm" in r], "resumed_from": checkpoint,
-        "world_size": accelerator.num_processes, "decoding": settings.effective(), "versions": library_versions(),
-        "memory": memory.peak(),
+        "seconds_per_step": round(train_seconds / max(1, step - start_step), 2), **_reward_summary(rows),
+        "resumed_from": checkpoint, "world_size": accelerator.num_processes, "decoding": settings.effective(),
+        "versions": library_versions(), "memory": memory.peak(),
     }
     if main:
-        from safetensors.torch import save_file
-
-        save_model(unwrapped.policy, tokenizer, out, cfg.model, cfg.merge)
-        save_file({k: v.contiguous() for k, v in unwrapped.value_head.state_dict().items()}, str(out / "value_head.safetensors"))
-        common.plot_curves(log_path, out / "training_curves.png",
-                           ("reward", "kl", "policy_loss", "value_loss", "explained_variance", "completion_length"))
-        atomic_write_json(out / "mathrl_config.json", record)
+        _save_run(cfg, out, built, log_path, record)
     accelerator.wait_for_everyone()
     return record
