@@ -11,8 +11,8 @@ CPU (docs/evidence.md, 2026-12-03): decode cost grows about linearly with rows t
 call 31-35 s, 128 rows 16-19 s), so a candidate drawn with the step costs ~0.9 of a step's row and a
 refilled one ~1.5 (smaller calls), but oversampling draws candidates for every group, needed or not:
 at ~50% zero-spread groups, oversample 1.0 cost as much per step as two refill rounds and filled more
-groups (2% vs 11% left without spread). It pays where refill rounds are expensive (GPU round trips,
-many ranks); it is off by default.
+groups (2% vs 11% left without spread). It may pay where refill rounds are expensive (GPU round trips,
+many ranks: not measured); it is off by default (the CPU demo turns it on: its validation sweep).
 
 How it sits in TRL (1.16): the mixin overrides `_generate_and_score_completions`. It samples and
 scores every candidate group first (TRL's tokenizer and reward call, the trainer's own generation),
