@@ -12,6 +12,8 @@ from mathrl.engine.decoding import cut_at_stop
 from mathrl.train.rewards import build_rewards
 from mathrl.tasks import Task
 from mathrl.grading.verdict import grade_completion
+from mathrl.grading.answers import TASK_ANSWER_TYPES
+from mathrl.prompts.formats import get_format
 
 PROTOCOLS = [formats.Protocol(format=f, chat_template=c) for f in formats.FORMATS for c in (True, False)]
 PIECES = ["<SOLUTION>", "</SOLUTION>", "<start_working_out>", "<end_working_out>", "<answer>", "</answer>",
@@ -71,3 +73,41 @@ def test_gold_completions_score_one(protocol):
     (correctness,), _ = build_rewards("correctness", fmt, None, formats.default_stop(protocol))
     text = fmt.render("2 + 3 = 5", "5")
     assert correctness([text + "\nQuestion: next?\n#### 9"], answer=["5"]) == [1.0]
+
+
+# ---------------------------------------------------------------- every answer type, through every path
+
+ANSWER_TYPE_CASES = {  # type → (format, gold as a harness writes it, a right completion, a wrong one)
+    "number": ("gsm8k", "#### 1,000", "3 * 333.33... so #### 1000", "#### 999"),
+    "math": ("boxed", "\\sqrt{2}", "so the answer is \\boxed{2^{1/2}}", "\\boxed{2}"),
+    "text": ("gsm8k", "apples", "They are fruit. #### Apples.", "#### pears"),
+    "no_answer": ("gsm8k", None, "We are not told the price. #### It cannot be determined.", "#### 12"),
+}
+
+
+@pytest.mark.parametrize("kind", TASK_ANSWER_TYPES)
+def test_each_answer_type_gets_one_verdict_in_eval_grade_and_reward(kind, tmp_path):
+    """Evaluation (grade_completion), `mathrl grade` (regrade: the gold read by the task) and the
+    correctness reward agree on a right and a wrong completion of every answer type a task may give."""
+    import json
+
+    from mathrl.eval.regrade import regrade
+    from mathrl.tasks import get_task
+    from mathrl.train.rewards import build_rewards
+
+    fmt_name, raw_gold, right, wrong = ANSWER_TYPE_CASES[kind]
+    # a task whose gold reader yields this type: GSM-Plus reads text and "no answer" golds, the base reader numbers and LaTeX
+    task = get_task("gsm_plus") if kind in ("text", "no_answer") else get_task("gsm8k")
+    gold, read_kind = task.read_gold(raw_gold)
+    assert read_kind == kind
+    fmt = get_format(fmt_name)
+    (reward,), _ = build_rewards("correctness", fmt_name, task)
+    path = tmp_path / "completions.jsonl"
+    path.write_text("".join(json.dumps({"completion": c, "answer": raw_gold}) + "\n" for c in (right, wrong)))
+    rows, summary = regrade(path, task.name, fmt_name)
+    for completion, expected, row in zip((right, wrong), (True, False), rows):
+        verdict = grade_completion(fmt, task, completion, gold, answer_type=kind)
+        assert verdict["correct_strict"] is expected, (kind, completion, verdict)
+        assert row["correct_strict"] is expected and row["answer_type"] == kind
+        assert reward([completion], answer=[gold], answer_type=[kind]) == [float(expected)]
+    assert summary["accuracy_strict"] == 0.5

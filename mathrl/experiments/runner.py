@@ -343,6 +343,12 @@ def run_file(path: str | Path, experiments: list[str] | None = None, *, only_eva
         began = _clock()
         plan = None
         wanted_budget = budget or experiment_budget(path, name)
+        from mathrl.experiments import sweep as sweeps_
+
+        spec, sweeps = sweeps_.of_experiment(path, name)
+        if sweeps and wanted_budget:
+            raise MathrlError(f"{path}: experiment {name}: a sweep under a budget is not supported; give the swept "
+                              "stage max_minutes (every point gets the same)")
         if wanted_budget and not only_report:
             from mathrl.experiments import budget as budgets
 
@@ -351,6 +357,8 @@ def run_file(path: str | Path, experiments: list[str] | None = None, *, only_eva
             budgets.apply_plan(stages, plan)
             rebuild(stages, str(path))
             budgets.print_budget(plan, console)
+        if sweeps:
+            sweeps_.print_status(spec, sweeps, exp_dir, console)
         if dry_run:
             plan = plan_status(stages)
             print_plan(name, stages, plan, console)
@@ -366,6 +374,13 @@ def run_file(path: str | Path, experiments: list[str] | None = None, *, only_eva
             replanner = Replanner(stages, plan, began, exp_dir, str(path), console, _clock) if plan is not None else None
             outcomes = run_experiment(name, stages, runs_dir, str(path), console, only_eval=only_eval,
                                       on_stage_end=replanner)
+            # a sweep that has chosen releases what waited for it: expand again and run on (done stages are cached)
+            while sweeps and sweeps_.decide_ready(spec, sweeps, stages, exp_dir, console):
+                stages = load_experiments(path, runs_dir, [name])[name]
+                sweeps_.print_status(spec, sweeps, exp_dir, console)
+                again = run_experiment(name, stages, runs_dir, str(path), console, only_eval=only_eval)
+                # what ran before the decision stays "ran" (cached only on this pass)
+                outcomes = {n: outcomes.get(n, o) if o == "cached" else o for n, o in again.items()}
             plan = replanner.plan if replanner is not None else None
             print_outcomes(name, stages, outcomes, console)
         print_accuracy(stages, console)

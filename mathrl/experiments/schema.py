@@ -16,6 +16,8 @@ An experiment file (`configs/experiments/*.yaml`) holds one or more experiments:
             from: base              # base (default) | an earlier stage (its output is the model) | a model id
             stage: full             # any other key: a setting of that kind (`mathrl sft --help`, ...)
         seeds: [0, 1, 2]            # optional: every training stage once per seed (sft → sft-s0, sft-s1, sft-s2)
+        sweep:                      # optional: choose a stage's settings on validation (mathrl/experiments/sweep.py)
+          sft-full: {points: {lo: {learning_rate: 1.0e-5}, hi: {learning_rate: 2.0e-5}}, select: {prefer: first}}
         eval:                       # a grid (or a list of grids): models × tasks × formats × chat_template × shots × variants
           models: [base, sft-full]  # base | a stage name | {label: model id or path}
           tasks: [gsm8k, "arithmetic:1-2", {task: jsonl, label: mine, task_args: {path: mine.jsonl}}]
@@ -82,6 +84,7 @@ class Stage:
     key: str = ""
     budget_share: float | None = None  # training stages under a budget: their share of the training time
     replica_of: str | None = None  # with `seeds`: the stage name in the file this stage replicates
+    sweep_point: tuple[str, str] | None = None  # a sweep's validation eval: (swept stage, point)
     seed: int | None = None  # with `seeds`: the training seed of this replica (evals: of the model evaluated)
 
 
@@ -116,8 +119,9 @@ def expand(name: str, spec: Any, runs_dir: Path, source: str) -> list[Stage]:
     spec = _mapping(spec, f"{source}: experiment {name!r}")
     where = f"{source}: experiments.{name}"
     for key in spec:
-        if key not in ("description", "defaults", "stages", "eval", "budget", "seeds"):
-            raise MathrlError(f"{where}: unknown key {key!r} (expected defaults, stages, eval, budget, seeds, description)")
+        if key not in ("description", "defaults", "stages", "eval", "budget", "seeds", "sweep"):
+            raise MathrlError(f"{where}: unknown key {key!r} (expected defaults, stages, eval, budget, seeds, sweep, "
+                              "description)")
     defaults = _mapping(spec.get("defaults"), f"{where}.defaults")
     per_kind = {k: _mapping(defaults.pop(k), f"{where}.defaults.{k}") for k in list(defaults) if k in KINDS}
     known = {k: setting_names(k) for k in KINDS}
@@ -130,6 +134,16 @@ def expand(name: str, spec: Any, runs_dir: Path, source: str) -> list[Stage]:
     stage_specs = _mapping(spec.get("stages"), f"{where}.stages")
     for sname in stage_specs:
         _check_name(sname, f"{where}.stages: stage")
+    from mathrl.experiments import sweep as sweeps_
+
+    sweeps = sweeps_.parse(spec.get("sweep"), stage_specs, where)
+    if sweeps and spec.get("budget"):
+        raise MathrlError(f"{where}: a sweep under an experiment budget is not supported; give the swept stage "
+                          "max_minutes (every point gets the same)")
+    fp = sweeps_.fingerprint(spec)
+    winners = {s: w for s in sweeps if (w := sweeps_.read_winner(exp_dir, sweeps[s], fp)) is not None}
+    # swept stages → their points; until every sweep has chosen, what follows a swept stage waits
+    stage_specs, held, alias = sweeps_.rewrite(stage_specs, sweeps, winners)
     stage_specs, replicas = _replicate(stage_specs, spec.get("seeds"), where)
     for sname, sspec in stage_specs.items():
         swhere = f"{where}.stages.{sname}"
@@ -173,10 +187,15 @@ def expand(name: str, spec: Any, runs_dir: Path, source: str) -> list[Stage]:
                 raise MathrlError(f"{where}.defaults: no stage here has a setting {key!r}"
                                   + (f" (did you mean {close[0]!r}?)" if close else ""))
     evals = []  # no eval section: no evaluations; a list of grids: their union (e.g. prompt variants for base only)
-    grids = spec.get("eval")
+    grids = spec.get("eval") if not held else None  # a sweep still choosing: no test evaluation yet
     for i, grid in enumerate(_as_list(grids) if grids is not None else []):
         gwhere = f"{where}.eval" + (f"[{i}]" if isinstance(grids, list) else "")
-        evals += _eval_stages(_mapping(grid, gwhere), shared("eval"), trained, exp_dir, gwhere, replicas)
+        grid = _mapping(grid, gwhere)
+        if "models" in grid:
+            grid["models"] = [alias.get(m, m) if isinstance(m, str) else m for m in _as_list(grid["models"])]
+        evals += _eval_stages(grid, shared("eval"), trained, exp_dir, gwhere, replicas)
+    for sw in sweeps.values():
+        evals += _validation_stages(sw, shared("eval"), trained, exp_dir, f"{where}.sweep.{sw.stage}.eval", replicas)
     ordered = [s for s in evals if not s.deps]
     for sname, stage in trained.items():
         ordered += [stage] + [s for s in evals if s.deps == [sname]]
@@ -301,6 +320,27 @@ def _eval_stages(ev: dict[str, Any], shared: dict[str, Any], trained: dict[str, 
                         "task": task["task"], "task_config": task["task_config"], "format": fmt,
                         "chat_template": chat, "shots": k, "variant": variant or None, "setting": setting},
                         replica_of=src.replica_of if src else None, seed=src.seed if src else None))
+    return out
+
+
+def _validation_stages(sw: Any, shared: dict[str, Any], trained: dict[str, Stage], exp_dir: Path, where: str,
+                       replicas: dict[str, list[str]]) -> list[Stage]:
+    """Each point of a sweep on the validation split, in runs/<exp>/sweeps/<stage>/ (one cell per point)."""
+    out = []
+    for point in sw.points:
+        name = sw.point_stage(point)
+        if name not in trained and not any(r in trained for r in replicas.get(name, [])):
+            continue  # held back behind another sweep
+        cells = _eval_stages({"models": [name]} | sw.eval | {"split": "validation"}, shared, trained,
+                             exp_dir / "sweeps" / sw.stage, where, replicas)
+        if len(cells) != len(replicas.get(name, [name])):
+            raise MathrlError(f"{where}: evaluates each point in {len(cells) // len(replicas.get(name, [name]))} "
+                              "settings; a sweep compares its points in one (one task, format, chat_template, shots)")
+        for st in cells:
+            st.eval_setting["setting"] += "-validation"
+            st.name = f"eval/{st.model_label}/{st.eval_setting['setting']}"
+            st.sweep_point = (sw.stage, point)
+        out += cells
     return out
 
 

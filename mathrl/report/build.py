@@ -145,7 +145,7 @@ def build_report(run_dirs: list[Path], output_dir: Path, metric: str = "strict",
     """Discover runs under `run_dirs`, write every report file into `output_dir`, return the tables
     and the paths written. `metric` (strict|flexible) drives the plots and paired tests; the
     comparison table always has both."""
-    from mathrl.report import html as report_html, plots as report_plots, seeds as report_seeds
+    from mathrl.report import html as report_html, plots as report_plots, seeds as report_seeds, sweeps as report_sweeps
 
     if metric not in METRICS:
         raise MathrlError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
@@ -172,7 +172,7 @@ def build_report(run_dirs: list[Path], output_dir: Path, metric: str = "strict",
     files |= {p.name: str(p) for p in plots.values() if p is not None}
     data = {"metric": metric, "bootstrap": {"resamples": n_resamples, "confidence": 0.95, "seed": seed},
             "run_dirs": [str(d) for d in run_dirs], "comparison": comparison, "paired": paired, "training": training,
-            "seeds": seeds, "pooled": pooled}
+            "seeds": seeds, "pooled": pooled, "sweeps": [d for r in run_dirs for d in report_sweeps.load_decisions(r)]}
     atomic_write_json(out / "report.json", data)
     files["report.json"] = str(out / "report.json")
     from mathrl.report import markdown as report_markdown

@@ -216,6 +216,12 @@ given the replicas trained, the sd over seed pairs shows the training randomness
 {table}{ptable}"""
 
 
+def sweeps_html(decisions: list[dict[str, Any]]) -> str:
+    from mathrl.report.sweeps import html
+
+    return html(decisions)
+
+
 def render(data: dict[str, Any], evals: list[Any], plots: dict[str, Path], max_questions: int) -> str:
     metric = data["metric"]
     boot = data["bootstrap"]
@@ -244,6 +250,7 @@ asks whether the questions only A got right and those only B got right are too u
 coin's doing; p &lt; 0.05 is in red. The interval is a paired bootstrap of the accuracy difference.</p>
 {paired_table(data['paired'], metric)}
 {seeds_section(data.get('seeds', []), data.get('pooled', []))}
+{sweeps_html(data.get('sweeps', []))}
 <h2>Plots</h2>
 {plot_html or '<p>No evaluations to plot.</p>'}
 {training_section(data['training'], plots)}

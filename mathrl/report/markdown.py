@@ -68,4 +68,7 @@ def render(data: dict[str, Any]) -> str:
     if pairs:
         lines += ["", f"Paired on the same questions ({metric}; paired bootstrap interval of the difference):", ""] + pairs
     lines += seed_lines(data.get("seeds", []), data.get("pooled", []))
+    from mathrl.report.sweeps import markdown as sweep_lines
+
+    lines += sweep_lines(data.get("sweeps", []))
     return "\n".join(lines) + "\n"

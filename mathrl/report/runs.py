@@ -59,8 +59,9 @@ class TrainRun:
 # ---------------------------------------------------------------- discovery
 
 def _skipped(rel: Path) -> bool:
-    # trainer checkpoints and hidden dirs hold copies, not runs of their own
-    return any(p.startswith((".", "checkpoint-")) for p in rel.parts)
+    # trainer checkpoints and hidden dirs hold copies, not runs of their own; a sweep's validation
+    # evaluations chose settings and are reported on their own (report.sweeps), not beside test results
+    return any(p.startswith((".", "checkpoint-")) or p == "sweeps" for p in rel.parts)
 
 
 def _find(root: Path, marker: str) -> list[Path]:
