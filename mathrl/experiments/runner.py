@@ -345,10 +345,7 @@ def run_file(path: str | Path, experiments: list[str] | None = None, *, only_eva
         wanted_budget = budget or experiment_budget(path, name)
         from mathrl.experiments import sweep as sweeps_
 
-        spec, sweeps = sweeps_.of_experiment(path, name)
-        if sweeps and wanted_budget:
-            raise MathrlError(f"{path}: experiment {name}: a sweep under a budget is not supported; give the swept "
-                              "stage max_minutes (every point gets the same)")
+        spec, sweeps = sweeps_.of_experiment(path, name, wanted_budget)
         if wanted_budget and not only_report:
             from mathrl.experiments import budget as budgets
 

@@ -136,14 +136,8 @@ def expand(name: str, spec: Any, runs_dir: Path, source: str) -> list[Stage]:
         _check_name(sname, f"{where}.stages: stage")
     from mathrl.experiments import sweep as sweeps_
 
-    sweeps = sweeps_.parse(spec.get("sweep"), stage_specs, where)
-    if sweeps and spec.get("budget"):
-        raise MathrlError(f"{where}: a sweep under an experiment budget is not supported; give the swept stage "
-                          "max_minutes (every point gets the same)")
-    fp = sweeps_.fingerprint(spec)
-    winners = {s: w for s in sweeps if (w := sweeps_.read_winner(exp_dir, sweeps[s], fp)) is not None}
     # swept stages → their points; until every sweep has chosen, what follows a swept stage waits
-    stage_specs, held, alias = sweeps_.rewrite(stage_specs, sweeps, winners)
+    sweeps, stage_specs, held, alias = sweeps_.prepare(spec, stage_specs, exp_dir, where)
     stage_specs, replicas = _replicate(stage_specs, spec.get("seeds"), where)
     for sname, sspec in stage_specs.items():
         swhere = f"{where}.stages.{sname}"
@@ -186,14 +180,8 @@ def expand(name: str, spec: Any, runs_dir: Path, source: str) -> list[Stage]:
                 close = difflib.get_close_matches(key, everything, n=1)
                 raise MathrlError(f"{where}.defaults: no stage here has a setting {key!r}"
                                   + (f" (did you mean {close[0]!r}?)" if close else ""))
-    evals = []  # no eval section: no evaluations; a list of grids: their union (e.g. prompt variants for base only)
-    grids = spec.get("eval") if not held else None  # a sweep still choosing: no test evaluation yet
-    for i, grid in enumerate(_as_list(grids) if grids is not None else []):
-        gwhere = f"{where}.eval" + (f"[{i}]" if isinstance(grids, list) else "")
-        grid = _mapping(grid, gwhere)
-        if "models" in grid:
-            grid["models"] = [alias.get(m, m) if isinstance(m, str) else m for m in _as_list(grid["models"])]
-        evals += _eval_stages(grid, shared("eval"), trained, exp_dir, gwhere, replicas)
+    # a sweep still choosing: no test evaluation yet
+    evals = _test_evals(spec.get("eval") if not held else None, alias, shared("eval"), trained, exp_dir, where, replicas)
     for sw in sweeps.values():
         evals += _validation_stages(sw, shared("eval"), trained, exp_dir, f"{where}.sweep.{sw.stage}.eval", replicas)
     ordered = [s for s in evals if not s.deps]
@@ -321,6 +309,20 @@ def _eval_stages(ev: dict[str, Any], shared: dict[str, Any], trained: dict[str, 
                         "chat_template": chat, "shots": k, "variant": variant or None, "setting": setting},
                         replica_of=src.replica_of if src else None, seed=src.seed if src else None))
     return out
+
+
+def _test_evals(grids: Any, alias: dict[str, str], shared: dict[str, Any], trained: dict[str, Stage], exp_dir: Path,
+                where: str, replicas: dict[str, list[str]]) -> list[Stage]:
+    """The eval section's stages (none without one; a list of grids: their union, e.g. prompt variants for
+    base only), a swept stage's name standing for its winner."""
+    evals = []
+    for i, grid in enumerate(_as_list(grids) if grids is not None else []):
+        gwhere = f"{where}.eval" + (f"[{i}]" if isinstance(grids, list) else "")
+        grid = _mapping(grid, gwhere)
+        if "models" in grid:
+            grid["models"] = [alias.get(m, m) if isinstance(m, str) else m for m in _as_list(grid["models"])]
+        evals += _eval_stages(grid, shared, trained, exp_dir, gwhere, replicas)
+    return evals
 
 
 def _validation_stages(sw: Any, shared: dict[str, Any], trained: dict[str, Stage], exp_dir: Path, where: str,

@@ -185,6 +185,19 @@ def rewrite(stage_specs: dict[str, Any], sweeps: dict[str, Sweep],
     return out, held, alias
 
 
+def prepare(spec: dict[str, Any], stage_specs: dict[str, Any], exp_dir: Path,
+            where: str) -> tuple[dict[str, Sweep], dict[str, Any], set[str], dict[str, str]]:
+    """(sweeps, stage specs with swept stages replaced by their points, the stages held back until a
+    sweep has chosen, swept stage → its winner's stage)."""
+    sweeps = parse(spec.get("sweep"), stage_specs, where)
+    if sweeps and spec.get("budget"):
+        raise MathrlError(f"{where}: a sweep under an experiment budget is not supported; give the swept stage "
+                          "max_minutes (every point gets the same)")
+    fp = fingerprint(spec)
+    winners = {s: w for s in sweeps if (w := read_winner(exp_dir, sweeps[s], fp)) is not None}
+    return (sweeps, *rewrite(stage_specs, sweeps, winners))
+
+
 def decide(sw: Sweep, evals: dict[str, list[Any]], records: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The decision record: per point its validation summaries (one per seed) and training records."""
     rows = []
@@ -248,12 +261,17 @@ def _read(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def of_experiment(path: str | Path, name: str) -> tuple[dict[str, Any], dict[str, Sweep]]:
-    """(the experiment's spec as written, its sweeps) from an experiment file."""
+def of_experiment(path: str | Path, name: str, budget: Any = None) -> tuple[dict[str, Any], dict[str, Sweep]]:
+    """(the experiment's spec as written, its sweeps) from an experiment file; a sweep under a budget
+    (the file's or the command line's) is refused."""
     from mathrl import config as cfgmod
 
     spec = dict((cfgmod.load_yaml(path).get("experiments") or {}).get(name) or {})
-    return spec, parse(spec.get("sweep"), dict(spec.get("stages") or {}), f"{path}: experiments.{name}")
+    sweeps = parse(spec.get("sweep"), dict(spec.get("stages") or {}), f"{path}: experiments.{name}")
+    if sweeps and budget:
+        raise MathrlError(f"{path}: experiment {name}: a sweep under a budget is not supported; give the swept "
+                          "stage max_minutes (every point gets the same)")
+    return spec, sweeps
 
 
 def print_status(spec: dict[str, Any], sweeps: dict[str, Sweep], exp_dir: Path, console: Any) -> None:
