@@ -185,14 +185,18 @@ def rewrite(stage_specs: dict[str, Any], sweeps: dict[str, Sweep],
     return out, held, alias
 
 
+def _refuse_budget(sweeps: dict[str, Sweep], budget: Any, where: str) -> None:
+    if sweeps and budget:
+        raise MathrlError(f"{where}: a sweep under an experiment budget is not supported; give the swept stage "
+                          "max_minutes (every point gets the same)")
+
+
 def prepare(spec: dict[str, Any], stage_specs: dict[str, Any], exp_dir: Path,
             where: str) -> tuple[dict[str, Sweep], dict[str, Any], set[str], dict[str, str]]:
     """(sweeps, stage specs with swept stages replaced by their points, the stages held back until a
     sweep has chosen, swept stage → its winner's stage)."""
     sweeps = parse(spec.get("sweep"), stage_specs, where)
-    if sweeps and spec.get("budget"):
-        raise MathrlError(f"{where}: a sweep under an experiment budget is not supported; give the swept stage "
-                          "max_minutes (every point gets the same)")
+    _refuse_budget(sweeps, spec.get("budget"), where)
     fp = fingerprint(spec)
     winners = {s: w for s in sweeps if (w := read_winner(exp_dir, sweeps[s], fp)) is not None}
     return (sweeps, *rewrite(stage_specs, sweeps, winners))
@@ -268,9 +272,7 @@ def of_experiment(path: str | Path, name: str, budget: Any = None) -> tuple[dict
 
     spec = dict((cfgmod.load_yaml(path).get("experiments") or {}).get(name) or {})
     sweeps = parse(spec.get("sweep"), dict(spec.get("stages") or {}), f"{path}: experiments.{name}")
-    if sweeps and budget:
-        raise MathrlError(f"{path}: experiment {name}: a sweep under a budget is not supported; give the swept "
-                          "stage max_minutes (every point gets the same)")
+    _refuse_budget(sweeps, budget, f"{path}: experiments.{name}")
     return spec, sweeps
 
 
