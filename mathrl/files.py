@@ -12,6 +12,18 @@ from typing import Any, Iterable, Iterator
 from mathrl.errors import MathrlError
 
 
+def json_object(text: str, where: str, invalid: str = "invalid JSON") -> dict[str, Any]:
+    """`text` parsed as one JSON object; otherwise an error starting with `where` (a file:line or a
+    flag) and naming what was wrong."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise MathrlError(f"{where}: {invalid} ({e.msg})") from None
+    if not isinstance(value, dict):
+        raise MathrlError(f"{where}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for every non-blank line; a malformed line is an error naming it."""
     path = Path(path)
@@ -21,13 +33,7 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise MathrlError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise MathrlError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
+            yield lineno, json_object(line, f"{path}:{lineno}")
 
 
 def read_records(path: str | Path) -> list[tuple[int, dict[str, Any]]]:

@@ -27,7 +27,7 @@ class FakeModel:
 
 
 @pytest.mark.parametrize("device, half, flash, expect", [
-    ("cpu", True, False, "mathrl_gqa"),          # bf16 on CPU: eager arithmetic without KV-head copies
+    ("cpu", True, False, "mathrl_cpu"),          # bf16 on CPU: SDPA for prefill, the copy-free kernel for decode
     ("cpu", False, True, "sdpa"),                # fp32 on CPU: unchanged
     ("cuda:0", True, True, "flash_attention_2"),  # CUDA, bf16, flash-attn installed
     ("cuda:0", True, False, "sdpa"),             # CUDA without flash-attn: sdpa

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from mathrl.errors import MathrlError
+from mathrl.files import json_object
 
 
 def parse_kv(items: list[str] | None, flag: str) -> dict[str, Any]:
@@ -23,12 +24,4 @@ def parse_kv(items: list[str] | None, flag: str) -> dict[str, Any]:
 
 
 def parse_json_option(text: str | None, flag: str) -> dict[str, Any]:
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise MathrlError(f"{flag} is not valid JSON: {e.msg}") from None
-    if not isinstance(value, dict):
-        raise MathrlError(f"{flag} must be a JSON object")
-    return value
+    return json_object(text, flag, invalid="is not valid JSON") if text else {}

@@ -193,6 +193,8 @@ class HFGenerator:
         import torch
         from tqdm.auto import tqdm
 
+        from mathrl.engine import cpu_attention
+
         params.validate()
         if not prompts:
             return
@@ -207,7 +209,7 @@ class HFGenerator:
         pad = decoding.pad_token_id(tok, eos_ids)
         device = self.model.device
         bar = tqdm(total=len(prompts), unit="q", desc="generate", disable=not self.progress, dynamic_ncols=True)
-        start, generated = time.perf_counter(), 0
+        start, generated, calls = time.perf_counter(), 0, cpu_attention.usage()
         if use_prefix:
             self._prefix_cache(prefix)
             self.stats["prefix_tokens"] += shared
@@ -242,6 +244,11 @@ class HFGenerator:
         bar.close()
         self.stats["generated_tokens"] += generated
         self.stats["seconds"] += time.perf_counter() - start
+        after = cpu_attention.usage()
+        kernels = self.stats.setdefault("attention_calls", {})  # which CPU kernel served each layer call
+        for k, n in after.items():
+            if n > calls.get(k, 0):
+                kernels[k] = kernels.get(k, 0) + n - calls.get(k, 0)
 
     def generate(self, prompts: Sequence[str], params: DecodingSettings) -> list[list[Completion]]:
         out: list[list[Completion]] = [[] for _ in prompts]

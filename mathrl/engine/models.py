@@ -207,11 +207,12 @@ def flash_attention_available() -> bool:
 def set_attention(model: Any, half_compute: bool) -> str:
     """Pick the attention kernels for where the model runs; return the implementation in use.
 
-    - CPU with bf16 compute: `mathrl_gqa` (mathrl/engine/cpu_attention.py: eager's arithmetic without copying
-      the grouped KV heads). Measured here (torch 2.13, SmolLM2-135M): the CPU flash-attention SDPA kernel
-      in bf16 made a batch-32 decode step 98 ms vs 59 ms eager, a shared-prompt GRPO forward+backward
-      4.2 s vs 3.1 s, and its outputs drifted from the eager/fp32 ones; `mathrl_gqa` then made a batch-32
-      decode step over a 750-token cache 1.9x faster than eager (benchmarks/decode_attention.py).
+    - CPU with bf16 compute: `mathrl_cpu` (mathrl/engine/cpu_attention.py), which picks per call: fused
+      SDPA for prefill and long training passes, and for one-token decode steps (and short training
+      passes) eager's arithmetic without copying the grouped KV heads, 1.9x faster than eager on a
+      batch-32 step over a 750-token cache (benchmarks/decode_attention.py). SDPA alone made those
+      decode steps and short training passes slower; the copy-free kernel alone made long prefills
+      7x slower and held the full score tensor (docs/benchmarks.md "Attention by shape").
     - CUDA with bf16/fp16 compute (weights, or autocast over fp32 weights): flash_attention_2 when the
       flash-attn package is installed and loads, else transformers' default, sdpa. Never required.
     - fp32 compute: unchanged (sdpa).

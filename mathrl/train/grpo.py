@@ -155,7 +155,7 @@ def build_trainer(cfg: GRPORunConfig) -> tuple[Any, list[Sample], dict[str, Any]
         reward_weights=weights, use_vllm=vllm, vllm_mode=cfg.vllm_mode, vllm_server_base_url=cfg.vllm_server_url,
         log_completions=cfg.log_completions, **hf_args,
     )
-    models.set_attention(model, cfg.half_compute(fast_bf16))  # half compute: mathrl_gqa on CPU, flash-attn on CUDA
+    models.set_attention(model, cfg.half_compute(fast_bf16))  # half compute: mathrl_cpu on CPU, flash-attn on CUDA
     peft_config = common.peft_config(cfg)
     plot_keys = ("reward", *(f"rewards/{f.__name__}/mean" for f in reward_funcs), "completions/mean_length",
                  "kl", "entropy", "loss")

@@ -125,7 +125,7 @@ def build_trainer(cfg: SFTRunConfig) -> tuple[Any, list[Sample], dict[str, Any],
         per_device_train_batch_size=cfg.batch_size, max_length=cfg.max_length,
         completion_only_loss=cfg.loss == "completion", **common.hf_trainer_arguments(cfg, on_cuda, fast_bf16),
     )
-    models.set_attention(model, cfg.half_compute(fast_bf16))  # half compute: mathrl_gqa on CPU, flash-attn on CUDA
+    models.set_attention(model, cfg.half_compute(fast_bf16))  # half compute: mathrl_cpu on CPU, flash-attn on CUDA
     peft_config = common.peft_config(cfg)
     callbacks = [common.make_log_callback(out, ("loss", "learning_rate", "grad_norm"))]
     if cfg.max_minutes:
