@@ -113,7 +113,7 @@ def test_summary_fields(first_run, tiny_model_dir):
     assert saved["model"]["revision"] and saved["model"]["dtype"] == "float32"
     assert {"python", "torch", "transformers", "mathrl"} <= set(saved["versions"])
     expected = {"max_new_tokens": 8, "temperature": 0.0, "top_p": 1.0, "num_samples": 1, "seed": 0,
-                "backend": "hf", "batch_size": 4, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0, "stop": [],
+                "backend": "hf", "batch_size": 4, "batch_memory_gb": 1.0, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0, "stop": [],
                 "sampler": "greedy", "no_repeat_ngram_size": 0, "model_generation_config": "ignored"}
     assert saved["decoding"] == expected  # the effective settings, neutral values included
     assert saved["task"]["name"] == "arithmetic" and saved["task"]["limit"] == 6

@@ -206,3 +206,23 @@ def test_dropping_finished_rows_between_segments_keeps_greedy_output(model_tok, 
     assert _texts(got) == _texts(expect)
     assert [r[0].finish_reason for r in got] == [r[0].finish_reason for r in expect]
     assert {r[0].finish_reason for r in got} == {"stop", "length"}  # some rows really finished early
+
+
+def test_memory_cap_shrinks_batches_of_long_prompts_and_keeps_outputs(tiny_bundle):
+    """With a cap that fits ~2 rows of the longest prompts, batches hold fewer rows (longest first),
+    every prompt is still answered once, and greedy outputs equal the uncapped run's (fp32)."""
+    from mathrl.engine.generation import HFGenerator, row_bytes
+    from mathrl.engine.decoding import DecodingSettings
+
+    model, tok, _ = tiny_bundle
+    prompts = ["word " * n + "?" for n in (40, 5, 38, 6, 7, 39, 4)]
+    params = DecodingSettings(max_new_tokens=4)
+    free = HFGenerator(model, tok, batch_size=8, progress=False)
+    want = free.generate(prompts, params)
+    longest = max(len(tok(p)["input_ids"]) for p in prompts)
+    cap = 2.5 * row_bytes(model.config, 4, longest + 4, longest) / 2**30
+    capped = HFGenerator(model, tok, batch_size=8, progress=False, memory_gb=cap)
+    sizes = [len(idx) for idx, _ in capped.stream(prompts, params)]
+    assert sorted(sizes) != [len(prompts)] and max(sizes) <= 3 and sum(sizes) == len(prompts), sizes
+    assert [c[0].text for c in capped.generate(prompts, params)] == [c[0].text for c in want]
+    assert free.stats["max_rows"] == len(prompts) and capped.stats["max_rows"] <= 3

@@ -160,15 +160,32 @@ def sample_shared_prompts(model: Any, tokenizer: Any, prompt_ids: list[list[int]
     return out
 
 
+def row_bytes(config: Any, itemsize: int, cached_tokens: int, prefill_tokens: int) -> int:
+    """Memory one batch row needs: its KV cache at `cached_tokens` (every layer, K and V) plus the live
+    activations of one layer's prefill over `prefill_tokens` (hidden states, q/k/v/o and the MLP's three
+    intermediate tensors; layers run one after another). Simplified: the fused prefill attention's own
+    workspace (blocks, not the L x L scores) and the allocator's slack are left out."""
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    kv = config.num_hidden_layers * 2 * config.num_key_value_heads * head_dim * itemsize * cached_tokens
+    act = (4 * config.hidden_size + 3 * config.intermediate_size) * itemsize * prefill_tokens
+    return kv + act
+
+
 class HFGenerator:
-    """Batched generation with shared-prefix KV reuse, stop strings and a progress bar."""
+    """Batched generation with shared-prefix KV reuse, stop strings and a progress bar. With
+    `memory_gb`, a batch holds at most as many rows as fit that cap (`row_bytes`), so long prompts
+    get smaller batches instead of a surprise of several GB."""
 
     name = "hf"
 
     def __init__(self, model: Any, tokenizer: Any, batch_size: int = 32, min_shared_prefix: int = 32, progress: bool = True,
-                 segment_tokens: int = 32):
+                 segment_tokens: int = 32, memory_gb: float | None = None):
         if batch_size < 1:
             raise MathrlError(f"--batch-size must be at least 1, got {batch_size}")
+        if memory_gb is not None and memory_gb <= 0:
+            raise MathrlError(f"--batch-memory-gb must be positive, got {memory_gb}")
+        self.memory_gb = memory_gb
         self.model, self.tokenizer = model, tokenizer
         self.batch_size = batch_size
         self.min_shared_prefix = min_shared_prefix
@@ -176,6 +193,26 @@ class HFGenerator:
         self.segment_tokens = segment_tokens  # decode this many tokens between drops of finished rows
         self._prefix: tuple[tuple[int, ...], Any] | None = None
         self.stats = {"prompt_tokens": 0, "prefix_tokens": 0, "generated_tokens": 0, "seconds": 0.0}
+
+    def _batches(self, ids: list[list[int]], order: list[int], prefix: int, params: DecodingSettings) -> Iterator[list[int]]:
+        """Consecutive slices of `order` (longest prompts first): `batch_size` rows, fewer where the
+        memory cap says so (the first prompt of a slice is its widest)."""
+        from mathrl.engine.models import unwrap_causal_lm
+
+        per_batch = max(1, self.batch_size // params.num_samples)
+        config = unwrap_causal_lm(self.model).config
+        itemsize = next(self.model.parameters()).element_size()
+        b = 0
+        while b < len(order):
+            n = per_batch
+            if self.memory_gb is not None:
+                width = len(ids[order[b]]) - prefix
+                need = row_bytes(config, itemsize, prefix + width + params.max_new_tokens, width) * params.num_samples
+                n = max(1, min(per_batch, int(self.memory_gb * 2**30 // need)))
+            batch = order[b : b + n]
+            self.stats["max_rows"] = max(self.stats.get("max_rows", 0), len(batch) * params.num_samples)
+            yield batch
+            b += n
 
     def _prefix_cache(self, prefix: list[int]) -> Any:
         import torch
@@ -204,7 +241,6 @@ class HFGenerator:
         use_prefix = shared >= self.min_shared_prefix
         prefix = list(ids[0][:shared]) if use_prefix else []
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-        per_batch = max(1, self.batch_size // params.num_samples)
         eos_ids = decoding.eos_token_ids(tok, self.model)
         pad = decoding.pad_token_id(tok, eos_ids)
         device = self.model.device
@@ -213,8 +249,7 @@ class HFGenerator:
         if use_prefix:
             self._prefix_cache(prefix)
             self.stats["prefix_tokens"] += shared
-        for b in range(0, len(order), per_batch):
-            batch = order[b : b + per_batch]
+        for batch in self._batches(ids, order, len(prefix), params):
             rows = [ids[i][len(prefix) :] for i in batch for _ in range(params.num_samples)]
             width = max(len(r) for r in rows)
             input_ids = torch.tensor([prefix + [pad] * (width - len(r)) + r for r in rows], device=device)

@@ -45,6 +45,8 @@ class EvalConfig(TaskSettings):
     completions_per_question: int = opt(1, "completions per question (pass@k, maj@k); needs temperature > 0")
     seed: int = opt(0, "sampling seed")
     batch_size: int = opt(32, "sequences per generation batch")
+    batch_memory_gb: float | None = opt(1.0, "cap (GB) on a batch's KV cache and prefill activations: "
+                                        "long prompts get fewer rows; None: no cap")
     dtype: str = opt("auto", "auto (bf16 where fast, else fp32) | bf16 | fp16 | fp32")
     backend: str = opt("auto", "auto (vllm with a GPU when installed, else hf) | hf | vllm")
     revision: str | None = opt(None, "hub revision (commit, branch or tag)")
@@ -299,7 +301,8 @@ def run_eval(cfg: EvalConfig, model_bundle: Any = None) -> dict[str, Any]:
         if backend == "vllm":
             gen = generation.VLLMGenerator(model_info["path"], tokenizer, cfg.dtype, cfg.seed)
         else:
-            gen = generation.HFGenerator(model, tokenizer, cfg.batch_size, progress=cfg.progress)
+            gen = generation.HFGenerator(model, tokenizer, cfg.batch_size, progress=cfg.progress,
+                                         memory_gb=cfg.batch_memory_gb)
         writer = JsonlAppender(out / "results.jsonl")
         for idx, comps in gen.stream(prompts, params):
             new_rows = []
@@ -328,7 +331,8 @@ def run_eval(cfg: EvalConfig, model_bundle: Any = None) -> dict[str, Any]:
         model=model_info,
         task=task.describe() | {"split": cfg.split, "limit": cfg.limit, "sample_seed": cfg.sample_seed},
         protocol=asdict(cfg.protocol) | {"stop": params.stop, "strict_pattern": fmt.strict_pattern, "flexible_pattern": fmt.flexible_pattern},
-        decoding=params.effective() | {"backend": backend, "batch_size": cfg.batch_size},
+        decoding=params.effective() | {"backend": backend, "batch_size": cfg.batch_size,
+                                       "batch_memory_gb": cfg.batch_memory_gb},
         versions=library_versions(),
         wall_seconds=round(wall, 2),
         memory=memory.peak(),
