@@ -45,8 +45,7 @@ class EvalConfig(TaskSettings):
     completions_per_question: int = opt(1, "completions per question (pass@k, maj@k); needs temperature > 0")
     seed: int = opt(0, "sampling seed")
     batch_size: int = opt(32, "sequences per generation batch")
-    batch_memory_gb: float | None = opt(1.0, "cap (GB) on a batch's KV cache and prefill activations: "
-                                        "long prompts get fewer rows; None: no cap")
+    batch_memory_gb: float | None = opt(1.0, "cap (GB) on a batch's KV cache + prefill activations; None: none")
     dtype: str = opt("auto", "auto (bf16 where fast, else fp32) | bf16 | fp16 | fp32")
     backend: str = opt("auto", "auto (vllm with a GPU when installed, else hf) | hf | vllm")
     revision: str | None = opt(None, "hub revision (commit, branch or tag)")
