@@ -103,6 +103,26 @@ def generate_in_segments(model: Any, ids: Any, mask: Any, cache: Any, settings: 
     return new
 
 
+def prefill_in_chunks(model: Any, ids: Any, mask: Any, cache: Any, chunk: int) -> Any:
+    """Run all but the last prompt token into `cache`, `chunk` positions at a time, so a prefill's
+    activations are bounded by rows x chunk rather than rows x prompt length (1,000-token few-shot
+    prompts). Positions follow the mask as `generate` computes them; `generate` then feeds only the
+    last token. Short prompts (one chunk) are left to `generate` unchanged."""
+    import torch
+
+    done = cache.get_seq_length() if cache is not None else 0
+    if ids.shape[1] - 1 - done <= chunk:
+        return cache
+    cache = cache if cache is not None else _new_cache(model)
+    positions = mask.long().cumsum(-1) - 1
+    positions.masked_fill_(mask == 0, 1)
+    for start in range(done, ids.shape[1] - 1, chunk):
+        end = min(start + chunk, ids.shape[1] - 1)
+        model(input_ids=ids[:, start:end], attention_mask=mask[:, :end], position_ids=positions[:, start:end],
+              cache=cache, use_cache=True, logits_to_keep=1)
+    return cache
+
+
 def _new_cache(model: Any) -> Any:
     """A KV cache built from the model's config, so sliding-window layers get their own cache type."""
     from transformers import DynamicCache
@@ -180,12 +200,13 @@ class HFGenerator:
     name = "hf"
 
     def __init__(self, model: Any, tokenizer: Any, batch_size: int = 32, min_shared_prefix: int = 32, progress: bool = True,
-                 segment_tokens: int = 32, memory_gb: float | None = None):
+                 segment_tokens: int = 32, memory_gb: float | None = None, prefill_chunk: int = 256):
         if batch_size < 1:
             raise MathrlError(f"--batch-size must be at least 1, got {batch_size}")
         if memory_gb is not None and memory_gb <= 0:
             raise MathrlError(f"--batch-memory-gb must be positive, got {memory_gb}")
         self.memory_gb = memory_gb
+        self.prefill_chunk = prefill_chunk
         self.model, self.tokenizer = model, tokenizer
         self.batch_size = batch_size
         self.min_shared_prefix = min_shared_prefix
@@ -207,7 +228,8 @@ class HFGenerator:
             n = per_batch
             if self.memory_gb is not None:
                 width = len(ids[order[b]]) - prefix
-                need = row_bytes(config, itemsize, prefix + width + params.max_new_tokens, width) * params.num_samples
+                need = row_bytes(config, itemsize, prefix + width + params.max_new_tokens,
+                                 min(width, self.prefill_chunk)) * params.num_samples
                 n = max(1, min(per_batch, int(self.memory_gb * 2**30 // need)))
             batch = order[b : b + n]
             self.stats["max_rows"] = max(self.stats.get("max_rows", 0), len(batch) * params.num_samples)
@@ -261,6 +283,7 @@ class HFGenerator:
                 cache = copy.deepcopy(self._prefix[1])
                 cache.batch_repeat_interleave(len(rows))
             with torch.no_grad():
+                cache = prefill_in_chunks(self.model, input_ids, mask, cache, self.prefill_chunk)
                 new = generate_in_segments(self.model, input_ids, mask, cache, params, eos_ids, pad, self.segment_tokens,
                                            finished=_stop_checker(tok, params.stop))
             results: list[list[Completion]] = []
