@@ -108,8 +108,6 @@ def prefill_in_chunks(model: Any, ids: Any, mask: Any, cache: Any, chunk: int) -
     activations are bounded by rows x chunk rather than rows x prompt length (1,000-token few-shot
     prompts). Positions follow the mask as `generate` computes them; `generate` then feeds only the
     last token. Short prompts (one chunk) are left to `generate` unchanged."""
-    import torch
-
     done = cache.get_seq_length() if cache is not None else 0
     if ids.shape[1] - 1 - done <= chunk:
         return cache
