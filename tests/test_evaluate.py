@@ -309,3 +309,11 @@ def test_summarize_breaks_down_by_metadata_and_counts_treatments():
     assert set(by["answer_type"]) == {"math", "text", "no_answer"} and "level" not in by
     assert "accuracy_flexible_by_level" not in out
     assert summarize([r | {"level": 1} for r in rows], 1)["accuracy_by"].get("level") is None  # one value: no breakdown
+
+
+def test_a_non_positive_memory_cap_is_refused_before_the_model_loads(tmp_path):
+    cfg = EvalConfig(model=str(tmp_path / "no-such-model"), task="arithmetic", limit=2, batch_memory_gb=0,
+                     output_dir=str(tmp_path / "out"))
+    with pytest.raises(MathrlError, match="--batch-memory-gb must be positive, got 0"):
+        run_eval(cfg)
+    assert not (tmp_path / "out" / "results.jsonl").exists()

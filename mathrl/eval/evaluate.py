@@ -281,6 +281,8 @@ def run_eval(cfg: EvalConfig, model_bundle: Any = None) -> dict[str, Any]:
     params.validate()
     if cfg.batch_size < 1:
         raise MathrlError(f"--batch-size must be at least 1, got {cfg.batch_size}")
+    if cfg.batch_memory_gb is not None and cfg.batch_memory_gb <= 0:  # before any model loads
+        raise MathrlError(f"--batch-memory-gb must be positive, got {cfg.batch_memory_gb}")
     backend = generation.pick_backend(cfg.backend)  # a missing vLLM fails before anything is written
     split_samples = task.load(cfg.split)
     samples = subsample(split_samples, cfg.limit, cfg.sample_seed)
