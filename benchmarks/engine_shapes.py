@@ -6,6 +6,8 @@
     attention (2·2·L²/2·d·heads per row per layer), padding included.
 (2) One decode step of `--batch` rows at `--caches` cached tokens (median of `--steps`, transformers'
     DynamicCache); the ratio of the longest to the shortest cache says how a step's cost grows with it.
+(0) With --layer-sweep: one layer's attention, copy-free kernel vs SDPA, forward and forward+backward at
+    the shapes that set cpu_attention's per-call rule (then exits).
 (3) Why the cache stays DynamicCache on CPU: one layer's decode attention at the longest cache over
     contiguous K/V (what DynamicCache's cat-on-append hands attention) vs over the strided views a
     preallocated cache would hand it (torch's CPU bmm copies them first), and the cat itself.
@@ -104,6 +106,47 @@ def layer_attention_ms(cfg, batch: int, cached: int, dtype, repeats: int = 30) -
             "cat": ms(lambda: torch.cat([contiguous, step], dim=2))}
 
 
+LAYER_SHAPES = [(32, 100, True), (32, 150, False), (32, 200, False), (32, 250, True), (8, 300, False),
+                (16, 512, True), (16, 1024, True)]  # (rows, tokens, also time forward alone)
+
+
+def layer_sweep(cfg, dtype, repeats: int) -> None:
+    """One layer's attention (10% left padding, additive mask), `gqa` vs transformers' SDPA, ms."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from mathrl.engine.cpu_attention import gqa_attention_forward
+
+    module = torch.nn.Module()
+    module.training, module.num_key_value_groups = False, cfg.num_attention_heads // cfg.num_key_value_heads
+    dim = cfg.hidden_size // cfg.num_attention_heads
+
+    def ms(fn, rows: int, length: int, backward: bool) -> float:
+        q = torch.randn(rows, cfg.num_attention_heads, length, dim, dtype=dtype, requires_grad=backward)
+        k, v = (torch.randn(rows, cfg.num_key_value_heads, length, dim, dtype=dtype, requires_grad=backward)
+                for _ in range(2))
+        pad = torch.zeros(rows, length, dtype=torch.bool)
+        pad[:, : length // 10] = True
+        allowed = torch.ones(length, length, dtype=torch.bool).tril()[None] & ~pad[:, None, :]
+        mask = torch.zeros(rows, 1, length, length, dtype=dtype).masked_fill(~allowed[:, None], torch.finfo(dtype).min)
+        runs = []
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            out, _ = fn(module, q, k, v, mask, scaling=dim ** -0.5)
+            if backward:
+                out.float().sum().backward()
+            runs.append(time.perf_counter() - start)
+        return statistics.median(runs[1:]) * 1000
+
+    print("rows x tokens   forward gqa / sdpa (ms)   forward+backward gqa / sdpa (ms)")
+    for rows, length, forward in LAYER_SHAPES:
+        fwd = (f"{ms(gqa_attention_forward, rows, length, False):8.1f} / {ms(sdpa_attention_forward, rows, length, False):8.1f}"
+               if forward else " " * 19)
+        both = (f"{ms(gqa_attention_forward, rows, length, True):8.1f} / {ms(sdpa_attention_forward, rows, length, True):8.1f}"
+                if length <= 512 else "")
+        print(f"{rows:4d} x {length:5d}   {fwd}       {both}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dtype", default="auto")
@@ -114,6 +157,7 @@ def main() -> None:
     ap.add_argument("--caches", default="100,1000")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--layer-sweep", action="store_true", help="only the per-layer kernel sweep (0)")
     args = ap.parse_args()
 
     import torch
@@ -125,6 +169,12 @@ def main() -> None:
     cpu_attention.register()
     register_gqa_only()
     cfg = model.config
+    if args.layer_sweep:
+        with Contention() as load:
+            layer_sweep(cfg, dtype, args.repeats)
+        flags = ",".join(f for f in cpu_flags() if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")) or "none"
+        print(f"{cpu_name()} ({flags}), {dtype}; other processes kept {load.other_cores} cores busy")
+        return
     rows, length = args.prefill_rows, args.prefill_len
     shapes = linear_shapes(model)
     lm_head = shapes[-1]

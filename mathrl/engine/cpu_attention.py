@@ -10,7 +10,7 @@ SmolLM2-135M heads; docs/benchmarks.md "Attention by shape"):
   It materialises the rows x heads x q_len x L score tensor, so it is kept off long prefills.
 - prefill (q_len > 1 without autograd) and long training passes: PyTorch's fused SDPA
   (transformers' `sdpa_attention_forward`), which never holds the full score tensor: at 16 x 1,024
-  tokens a layer's forward took 1,076 ms with `gqa` and 151 ms with SDPA. Its bf16 rounding is stock
+  tokens a layer's forward took 8x less time with SDPA than with `gqa`. Its bf16 rounding is stock
   transformers' (tests compare both kernels with an fp32 reference at a stated tolerance).
 `usage()` counts the calls per kernel; the eval summary records them. Attention sinks (`s_aux`,
 gpt-oss) are not implemented: such a model is never routed here (`supports`), and a call that passes
@@ -25,8 +25,9 @@ from typing import Any
 import torch
 
 NAME = "mathrl_cpu"
-# Under autograd, SDPA's CPU backward (with an additive mask) was slower than `gqa` up to ~300 key
-# positions (B=32: 0.3x at 100, 0.5-0.6x at 150-200; B=8: 0.7x at 300) and faster from ~500 (2.2x).
+# Under autograd, SDPA's CPU backward (with an additive mask) was slower than `gqa` at short lengths
+# (32 rows: 3.5x slower at 100 tokens, 1.3x at 200; 8 rows: 1.8x at 300) and faster from 250-500 tokens
+# (2x at 512): `benchmarks/engine_shapes.py --layer-sweep`, docs/benchmarks.md "Attention by shape".
 GRAD_SDPA_MIN_KEYS = 384
 _CALLS: Counter[str] = Counter()
 SINKS = "mathrl_cpu: attention sinks (s_aux) are not implemented; use eager or sdpa"
