@@ -1,6 +1,6 @@
-"""The inverse-CDF sampler: exactness and cost of three versions in the same run: float32 softmax and
+"""The inverse-CDF sampler: exactness and cost of four versions in the same run: float32 softmax and
 cumulative sum (the first, inexact: the baseline), float64 softmax and sum (exact, slow), float32 softmax
-with a float64-accumulated sum (mathrl now).
+with one float64-accumulated sum, and the two-level search over float32 block masses (mathrl now).
 
 For a decode step of B rows over a V-token vocabulary (default 32 x 49,152, SmolLM2's), prints:
 - the total-variation distance between the distribution each sampler implements (its CDF steps) and the
@@ -42,8 +42,17 @@ def float64_sampler(scores: torch.Tensor) -> torch.Tensor:
 CDFS = {  # the distribution each version implements, as its cumulative sums
     "float32": lambda s: torch.softmax(s.float(), -1).cumsum(-1).double(),
     "float64": lambda s: torch.softmax(s.double(), -1).cumsum(-1),
-    "mathrl": lambda s: torch.softmax(s.float(), -1).cumsum(-1, dtype=torch.float64),
+    "f64sum": lambda s: torch.softmax(s.float(), -1).cumsum(-1, dtype=torch.float64),
+    "mathrl": lambda s: InverseCDFSampler.probabilities(s).cumsum(-1),
 }
+
+
+def f64_sum_sampler(scores: torch.Tensor) -> torch.Tensor:
+    """The sampler of 2026-12-02 to 2026-12-03: float32 softmax, one float64 cumulative sum over the vocabulary."""
+    cdf = torch.softmax(scores.float(), dim=-1).cumsum(-1, dtype=torch.float64)
+    u = torch.rand(cdf.size(0), 1, dtype=torch.float64) * cdf[:, -1:]
+    token = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.size(-1) - 1)
+    return scores.fill_(float("-inf")).scatter_(-1, token, 0.0)
 
 
 def implied_tv(scores: torch.Tensor, version: str) -> float:
@@ -67,7 +76,8 @@ def main() -> None:
     rows = []
     for name, fn, version in (("float32 (first; baseline)", float32_sampler, "float32"),
                               ("float64 (until 2026-12-02)", float64_sampler, "float64"),
-                              ("f32 softmax, f64 sum (now)", lambda s: InverseCDFSampler()(None, s), "mathrl")):
+                              ("f32 softmax, f64 sum (12-02)", f64_sum_sampler, "f64sum"),
+                              ("two-level f64 search (now)", lambda s: InverseCDFSampler()(None, s), "mathrl")):
         fn(scores.clone())  # warm-up
         times = []
         for _ in range(args.repeats):

@@ -24,27 +24,35 @@ def _logits(vocab: int, seed: int = 0) -> torch.Tensor:
 
 
 def test_inverse_cdf_sampler_is_exact_over_a_large_vocabulary():
-    """The distribution the sampler implements (its CDF steps) equals the softmax: float32 cumulative sums
-    lost 2-3e-4 of total variation here and made tail tokens undrawable; a float32 softmax accumulated in
-    float64 is at ~2e-8 (float32 rounding of each probability), so 1e-6 separates the two by 300x."""
+    """The distribution the sampler implements equals the softmax: float32 cumulative sums lost 2-3e-4 of
+    total variation here and made tail tokens undrawable; the two-level float64 search over float32 block
+    masses is at ~1e-7, so 1e-6 separates the two by 300x."""
     scores = _logits(49_152)
-    exact = torch.softmax(scores.double(), -1)[0]
-    captured = {}
-    real_searchsorted = torch.searchsorted
-
-    def spy(cdf, u, **kw):
-        captured["cdf"] = cdf.clone()
-        return real_searchsorted(cdf, u, **kw)
-
-    torch.searchsorted = spy
-    try:
-        InverseCDFSampler()(None, scores)
-    finally:
-        torch.searchsorted = real_searchsorted
-    cdf = captured["cdf"][0].double()
-    implied = torch.diff(cdf, prepend=cdf.new_zeros(1)) / cdf[-1]
+    exact = torch.softmax(scores.double(), -1)
+    implied = InverseCDFSampler.probabilities(scores)
     tv = 0.5 * float((implied - exact).abs().sum())
     assert tv < 1e-6, f"total-variation distance {tv:.2e}"
+    assert float(implied[exact < 1e-8].min()) > 0  # the far tail stays drawable
+
+
+def test_inverse_cdf_draws_follow_its_distribution_across_blocks():
+    """Draws from a vocabulary of many blocks land where `probabilities` says (chi-square over the tokens
+    that carry mass, spread over blocks, the last partial block included); masked tokens are never drawn."""
+    torch.manual_seed(0)
+    vocab = 12 * 256 + 100  # twelve blocks and a partial one
+    probs = torch.tensor([0.3, 0.2, 0.15, 0.12, 0.1, 0.08, 0.04, 0.009, 0.001])
+    where = torch.tensor([0, 255, 256, 300, 1_000, 2_001, 2_500, 3_071, vocab - 1])
+    scores = torch.full((1, vocab), float("-inf"))
+    scores[:, where] = probs.log()
+    implied = InverseCDFSampler.probabilities(scores)[0]
+    assert torch.allclose(implied[where], probs.double(), atol=1e-7)
+    draws = torch.cat([InverseCDFSampler()(None, scores.repeat(10_000, 1)).argmax(-1) for _ in range(6)])
+    assert bool(torch.isin(draws, where).all())  # -inf (zero-probability) tokens never come out
+    counts = torch.stack([(draws == w).sum() for w in where]).double()
+    expected = probs.double() * len(draws)
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 26.2, chi2  # 8 degrees of freedom: p = 0.001 at 26.12
+    assert counts[-1] > 0
 
 
 def test_inverse_cdf_draws_pass_a_chi_square_test():
