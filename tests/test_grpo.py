@@ -416,3 +416,24 @@ def test_sampling_copy_is_bf16_and_follows_the_policy_after_a_step(build_tiny, t
 
     lora = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
     assert SamplingCopy(bf16_compute=True).get(lora, 0) is lora
+
+
+def test_sampling_copy_drops_the_policys_autocast_wrappers(build_tiny, tmp_path):
+    """accelerate wraps the policy's forward (bf16 autocast, outputs cast to fp32) as an instance attribute;
+    the bf16 copy runs the class's plain forward (its logits stay bf16), which made each decode step cheaper."""
+    import types
+
+    from accelerate.utils.operations import convert_outputs_to_fp32
+    from transformers import AutoModelForCausalLM
+
+    from mathrl.train.sampling_copy import SamplingCopy
+
+    model = AutoModelForCausalLM.from_pretrained(build_tiny(tmp_path / "m"))
+    wrapped = torch.autocast(device_type="cpu", dtype=torch.bfloat16)(convert_outputs_to_fp32(model.forward.__func__))
+    model.forward = types.MethodType(wrapped, model)
+    copy0 = SamplingCopy(bf16_compute=True).get(model, 0)
+    assert "forward" not in vars(copy0)
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        assert copy0(input_ids=ids).logits.dtype == torch.bfloat16
+        assert model(input_ids=ids).logits.dtype == torch.float32  # the policy keeps its wrappers

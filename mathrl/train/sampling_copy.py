@@ -8,7 +8,9 @@ the cache at every step. A model whose weights *are* bf16 keeps activations and 
 docs/benchmarks.md, "GRPO step breakdown".
 
 The copy is refreshed from the policy before the first sampling after each optimizer step (a cast of
-every parameter, ~0.1 s for 135M parameters) and costs one bf16 copy of the weights in memory.
+every parameter, ~0.1 s for 135M parameters) and costs one bf16 copy of the weights in memory. The copy
+runs its class's plain forward, without the autocast / fp32-output / fused-head wrappers that accelerate
+and TRL put on the policy's.
 
 Simplified: used only for plain (non-PEFT) models on CPU with fp32 weights and bf16 compute; anything
 else samples from the policy itself. Samples come from the bf16-rounded policy while the training pass
@@ -49,6 +51,11 @@ class SamplingCopy:
             for param in self.model.parameters():
                 param.grad = None  # a copy of the policy's gradients would only take memory
             self.model.to(torch.bfloat16).eval()
+            # The policy's forward is an instance attribute wrapped by accelerate (bf16 autocast, outputs
+            # cast to fp32) and TRL (fused LM head); deepcopy copies the wrappers. A bf16 model needs
+            # neither, and each decode step paid for them: the demo's 256 rows took 21.0-24.9 s a step
+            # with them, 17.0-18.2 s without (2026-12-03, amx avx512_bf16).
+            vars(self.model).pop("forward", None)
         elif version != self.version:
             with torch.no_grad():
                 for dst, src in zip(self.model.parameters(), lm.parameters(), strict=True):
