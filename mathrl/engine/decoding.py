@@ -163,14 +163,15 @@ class InverseCDFSampler:
     cumulative sum over 49k tokens lost ~3e-4 of total variation and made tokens holding ~1e-5 of the mass
     undrawable); block masses are float32 sums of 256 float32 probabilities (relative error ~1e-7, so the
     implied distribution is within ~1e-7 of total variation of the float64 softmax, `probabilities`). One
-    float64 cumulative sum over the whole vocabulary cost 50 ms a step at 128 rows; the two levels 32 ms
-    (benchmarks/sampler.py). Zero-probability tokens (masked by top-k/top-p) are never drawn."""
+    float64 cumulative sum over the whole vocabulary cost 59.5 ms a call at 128 rows; the two levels 10.3 ms
+    (benchmarks/sampler.py, docs/benchmarks.md). Zero-probability tokens (masked by top-k/top-p) are never drawn."""
 
     BLOCK = 256
 
     @classmethod
     def _blocks(cls, scores: Any) -> tuple[Any, Any]:
-        """Float32 probabilities padded to whole blocks, shape (rows, blocks, BLOCK), and float64 block masses."""
+        """Float32 probabilities padded to whole blocks, shape (rows, blocks, BLOCK), and the block masses
+        (float32 sums, held as float64 for the cumulative sum over blocks)."""
         import torch
 
         probs = torch.softmax(scores.float(), dim=-1)
