@@ -2,6 +2,11 @@
 /proc/self/clear_refs), `torch.cuda.max_memory_allocated` on GPU. Recorded in every training record,
 summary.json and stage.json, so a run's memory is a measured figure, not a guess.
 
+Resetting VmHWM also resets what `getrusage`'s ru_maxrss (and so `/usr/bin/time -v`) reports at exit:
+after several stages in one process, `time -v` shows only the peak since the last reset. `reset_peak`
+therefore folds each stage's peak into a process-lifetime maximum first (`process_peak_gb`), which the
+runner prints and writes into plan.json as the run's peak.
+
 Simplified: where /proc is missing (macOS) the CPU figure is the process's lifetime peak
 (`resource.getrusage`), which a later stage cannot reset; the record says which (`rss_source`)."""
 
@@ -13,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 _STATUS, _CLEAR = Path("/proc/self/status"), Path("/proc/self/clear_refs")
+_lifetime_bytes = 0  # the largest VmHWM seen before any reset: the process's peak across stages
 
 
 def reset_peak() -> bool:
@@ -24,6 +30,8 @@ def reset_peak() -> bool:
             torch.cuda.reset_peak_memory_stats()
     except ImportError:
         pass
+    global _lifetime_bytes
+    _lifetime_bytes = max(_lifetime_bytes, _hwm_bytes() or 0)
     try:
         _CLEAR.write_text("5")  # "5": reset the peak RSS (VmHWM) to the current RSS
         return True
@@ -39,6 +47,12 @@ def _hwm_bytes() -> int | None:
     except OSError:
         pass
     return None
+
+
+def process_peak_gb() -> float | None:
+    """The process's peak RSS in GiB since it started, across every `reset_peak` (None without /proc)."""
+    hwm = _hwm_bytes()
+    return None if hwm is None else round(max(_lifetime_bytes, hwm) / 2**30, 3)
 
 
 def peak() -> dict[str, Any]:

@@ -237,9 +237,12 @@ def print_replan(plan: dict[str, Any], console: Any) -> None:
 def report_actual(plan: dict[str, Any], wall_s: float, console: Any) -> dict[str, Any]:
     """The plan's estimate against the wall time it took."""
     ratio = wall_s / plan["estimate_s"] if plan["estimate_s"] else math.nan
+    from mathrl.memory import process_peak_gb
+
+    peak = process_peak_gb()
     console.print(f"budget: estimated {plan['estimate_s'] / 60:.1f} min, took {wall_s / 60:.1f} min "
-                  f"({(ratio - 1) * 100:+.0f}% vs the estimate)")
-    return {"estimate_s": plan["estimate_s"], "wall_s": round(wall_s, 1), "ratio": round(ratio, 3)}
+                  f"({(ratio - 1) * 100:+.0f}% vs the estimate)" + (f"; peak RSS {peak:.2f} GiB" if peak else ""))
+    return {"estimate_s": plan["estimate_s"], "wall_s": round(wall_s, 1), "ratio": round(ratio, 3), "peak_rss_gb": peak}
 
 
 class Replanner:
