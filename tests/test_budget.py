@@ -57,7 +57,7 @@ def test_plan_fills_the_budget_by_share_and_sets_the_horizon(tiny_model_dir, tmp
     sft, grpo = plan["stages"]["sft"], plan["stages"]["grpo"]
     assert sft["allocation_s"] == pytest.approx(3 * grpo["allocation_s"], abs=0.2)  # budget_share 3 : 1
     assert sft["max_steps"] == int(sft["allocation_s"] // sft["step_s"])
-    assert sft["step_s"] == pytest.approx(4 * (40 + 10 + 1) / 100.0)  # batch x tokens / training rate
+    assert sft["step_s"] == pytest.approx(round(budget_pricing.SFT_STEP_OVERHEAD * 4 * (40 + 10 + 1) / 100.0, 2))  # batch x tokens / rate
     # base eval: 4 questions x the whole max_new_tokens; trained models: 1.3 x the solution length
     assert plan["stages"]["eval/base/arithmetic.1-gsm8k-chat-0shot"]["estimate_s"] == pytest.approx(budget_pricing.STAGE_OVERHEAD_S + 4 * 8 / 50, abs=0.1)
     # a budget is a limit: the plan aims MARGIN under it (planned to the full 20 minutes, the demo took 20.2)
@@ -154,10 +154,10 @@ def test_fast_trainers_count_shared_prompt_tokens_once(tiny_model_dir, tmp_path)
     by_name = {st.name: st for st in stages}
     cal = fake_calibration()
     # SFT: 4 rows of 51 tokens, the 30 shared ones computed once
-    assert budget_pricing.step_seconds(by_name["sft"], cal, 40, 10, shared_len=30) == pytest.approx((4 * 51 - 3 * 30) / 100)
-    # GRPO: 2 prompts x 2 generations of min(8, 15) tokens, regenerated for half the groups in each of
+    assert budget_pricing.step_seconds(by_name["sft"], cal, 40, 10, shared_len=30) == pytest.approx(budget_pricing.SFT_STEP_OVERHEAD * (4 * 51 - 3 * 30) / 100)
+    # GRPO: 2 prompts x 2 generations of min(8, 11) tokens, regenerated for half the groups in each of
     # dynamic sampling's 2 refill rounds; each prompt's 40 tokens once per group in the training pass
-    train = (2 * 40 + 4 * 8) / 100
+    train = budget_pricing.GRPO_TRAIN_SHARE * (2 * 40 + 4 * 8) / 100
     assert budget_pricing.step_seconds(by_name["grpo"], cal, 40, 10) == pytest.approx(2 * 4 * 8 / 50 + train)
 
 
@@ -169,9 +169,10 @@ def test_rl_step_prices_refills_and_untrained_models_ramble(tiny_model_dir, tmp_
     stages = {st.name: st for st in load_experiments(write(tmp_path / "e.yaml", exp), tmp_path / "runs")["tiny"]}
     cal = fake_calibration()
     untrained = budget_pricing.step_seconds(stages["grpo"], cal, 40, 10, untrained=True)
-    assert untrained == pytest.approx(2 * 4 * 60 / 50 + (2 * 40 + 4 * 60) / 100)  # 60 tokens, not 1.5 x 10
+    share = budget_pricing.GRPO_TRAIN_SHARE
+    assert untrained == pytest.approx(2 * 4 * 60 / 50 + share * (2 * 40 + 4 * 60) / 100)  # 60 tokens, not 1.1 x 10
     stages["grpo"].config.dynamic_sampling = False
-    assert budget_pricing.step_seconds(stages["grpo"], cal, 40, 10) == pytest.approx(4 * 15 / 50 + (2 * 40 + 4 * 15) / 100)
+    assert budget_pricing.step_seconds(stages["grpo"], cal, 40, 10) == pytest.approx(4 * 11 / 50 + share * (2 * 40 + 4 * 11) / 100)
 
 
 def test_a_time_limit_does_not_start_a_step_that_would_end_past_it(monkeypatch):
@@ -224,9 +225,9 @@ def test_grpo_step_prices_what_trl_runs_per_optimizer_step(tiny_model_dir, tmp_p
     prompts_per_step x num_generations) completions per optimizer step and generates that many: grad_accum
     1 and 4 were priced the same (96.9 s/step)."""
     cal = fake_calibration()
-    # 2 prompts x 2 generations of min(8, 15) tokens: generation 4 x 8 / 50, training (2 x 40 + 4 x 8) / 100
+    # 2 prompts x 2 generations of min(8, 11) tokens: generation 4 x 8 / 50, training (2 x 40 + 4 x 8) / 100
     one = budget_pricing.step_seconds(_grpo_stage(tiny_model_dir, tmp_path), cal, 40, 10)
-    assert one == pytest.approx(4 * 8 / 50 + (2 * 40 + 4 * 8) / 100)
+    assert one == pytest.approx(4 * 8 / 50 + budget_pricing.GRPO_TRAIN_SHARE * (2 * 40 + 4 * 8) / 100)
     assert budget_pricing.step_seconds(_grpo_stage(tiny_model_dir, tmp_path, grad_accum=4), cal, 40, 10) == pytest.approx(4 * one)
     # batch_size 8 completions per micro-step: 4 prompts x 2 generations, twice the rows of the default 4
     assert budget_pricing.step_seconds(_grpo_stage(tiny_model_dir, tmp_path, batch_size=8), cal, 40, 10) == pytest.approx(2 * one)
@@ -236,7 +237,7 @@ def test_grpo_num_iterations_reuses_generations_and_beta_prices_the_reference(ti
     """num_iterations μ reuses each generation batch μ times (1/μ of a generation per step, one training
     pass per step), was priced as μ training passes; beta > 0's reference forward pass was not priced."""
     cal = fake_calibration()
-    generate, train = 4 * 8 / 50, (2 * 40 + 4 * 8) / 100
+    generate, train = 4 * 8 / 50, budget_pricing.GRPO_TRAIN_SHARE * (2 * 40 + 4 * 8) / 100
     mu2 = budget_pricing.step_seconds(_grpo_stage(tiny_model_dir, tmp_path, num_iterations=2), cal, 40, 10)
     # half a generation, one training pass, and the old policy's forward over the half batch generated
     # (a forward pass without gradient: a third of a training step's forward + backward)
@@ -382,7 +383,7 @@ def test_oversample_is_priced_as_a_share_of_one_generation_and_replaces_refill_r
     """Dynamic sampling: two refill rounds cost 1 + 2 x REFILL_SHARE generations; oversample 1.0 puts the
     candidates into the same call (1 + OVERSAMPLE_SHARE) and leaves the refill rounds little to do."""
     cal = fake_calibration()
-    generate, train = 4 * 8 / 50, (2 * 40 + 4 * 8) / 100
+    generate, train = 4 * 8 / 50, budget_pricing.GRPO_TRAIN_SHARE * (2 * 40 + 4 * 8) / 100
     refills = budget_pricing.step_seconds(_grpo_stage(tiny_model_dir, tmp_path, dynamic_sampling=True), cal, 40, 10)
     assert refills == pytest.approx(generate * (1 + 2 * budget_pricing.REFILL_SHARE) + train)
     over = budget_pricing.step_seconds(_grpo_stage(tiny_model_dir, tmp_path, dynamic_sampling=True, oversample=1.0),

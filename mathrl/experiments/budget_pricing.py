@@ -25,7 +25,17 @@ REPORT_OVERHEAD_S = 15.0
 # on an idle machine (docs/evidence.md); the demo planned to the full 20 minutes took 20.2.
 MARGIN = 0.05
 SFT_LENGTH = 1.3  # a model trained here by SFT answers in ~this x its training solutions' length
-RL_LENGTH = 1.5  # GRPO/PPO completions of an SFT-trained policy: this x the SFT solution length
+# GRPO/PPO completions of an SFT-trained policy: this x the SFT solution length. The five demo GRPO stages on
+# record (temperature 0.7, 2026-12-02/03) wrote 1.08-1.13x; 1.5 priced their generation ~40% too long.
+RL_LENGTH = 1.1
+# The calibration keeps the fastest of its training steps; the trainers' steps also carry data collation,
+# logging, checkpoints and the machine's noise: the five demo SFT stages on record ran 1.09-1.56x (median
+# 1.30) their priced step, so all of them stopped at max_minutes before their schedule's last step.
+SFT_STEP_OVERHEAD = 1.3
+# GRPO's training pass runs ~128 completions and its 16 prompts in one micro-batch, larger matmuls than the
+# calibration's 16-row SFT step: the same five stages ran it at 0.69-1.12x (median 0.86) of its price at the
+# calibrated rate (at their actual completion lengths). PPO has no such records and is priced at the rate.
+GRPO_TRAIN_SHARE = 0.86
 # a forward pass without gradient (GRPO's reference and old-policy log-probs) is ~1/3 of a training
 # step's forward + backward (2 of the ~6 FLOPs per parameter and token)
 FORWARD_SHARE = 1 / 3
@@ -160,7 +170,7 @@ def step_seconds(stage: Any, cal: Calibration, prompt_len: float, solution_len: 
         shared = shared_len if fast else 0.0
         tokens = batch * (prompt_len + solution_len + 1) - (batch - 1) * shared
         labelled = tokens if s.get("loss") == "full" else batch * (solution_len + 1)
-        return s.get("grad_accum", 1) * train_s(tokens, labelled)
+        return SFT_STEP_OVERHEAD * s.get("grad_accum", 1) * train_s(tokens, labelled)
     limit = s.get("max_completion_length", 256)
     completion = limit if untrained else min(limit, RL_LENGTH * solution_len)
     if stage.kind == "grpo":
@@ -182,7 +192,7 @@ def step_seconds(stage: Any, cal: Calibration, prompt_len: float, solution_len: 
     if stage.kind == "ppo":
         return generate + (s.get("ppo_epochs", 1) + 1) * pass_s(trained)
     forwards = (s.get("num_iterations", 1) > 1) + (s.get("beta", 0.0) > 0)
-    return generate + pass_s(trained) + forwards * FORWARD_SHARE * pass_s(generated)
+    return generate + GRPO_TRAIN_SHARE * (pass_s(trained) + forwards * FORWARD_SHARE * pass_s(generated))
 
 
 def settings_hash(stages: list[Any]) -> str:
