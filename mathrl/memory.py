@@ -7,18 +7,28 @@ after several stages in one process, `time -v` shows only the peak since the las
 therefore folds each stage's peak into a process-lifetime maximum first (`process_peak_gb`), which the
 runner prints and writes into plan.json as the run's peak.
 
+Within a stage, `window_peak_gb` gives the peak of one part of a step (generation, forward, backward, the
+optimizer step: the trainers log them as `memory/<part>`). It must not reset VmHWM (that would leave
+`/usr/bin/time -v` with the last part's peak), so a daemon thread samples the RSS every
+`SAMPLE_S` seconds instead: a part's figure can miss a spike shorter than that, the stage's VmHWM cannot.
+
 Simplified: where /proc is missing (macOS) the CPU figure is the process's lifetime peak
 (`resource.getrusage`), which a later stage cannot reset; the record says which (`rss_source`)."""
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 _STATUS, _CLEAR = Path("/proc/self/status"), Path("/proc/self/clear_refs")
 _lifetime_bytes = 0  # the largest VmHWM seen before any reset: the process's peak across stages
+_STATM = Path("/proc/self/statm")
+SAMPLE_S = 0.005  # the window sampler's period: allocating and touching 100 MB takes ~20 ms here
 
 
 def reset_peak() -> bool:
@@ -72,6 +82,61 @@ def peak() -> dict[str, Any]:
     except ImportError:
         pass
     return out
+
+
+def _rss_bytes() -> int | None:
+    try:
+        return int(_STATM.read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class _Sampler:
+    """The largest RSS seen since `take` last ran, sampled by a daemon thread (restarted after a fork)."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.top = _rss_bytes() or 0
+        self.lock = threading.Lock()
+        threading.Thread(target=self._run, name="mathrl-rss-sampler", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            rss = _rss_bytes() or 0
+            with self.lock:
+                self.top = max(self.top, rss)
+            time.sleep(SAMPLE_S)
+
+    def take(self) -> int:
+        now = _rss_bytes() or 0
+        with self.lock:
+            top, self.top = max(self.top, now), now
+        return top
+
+
+_sampler: _Sampler | None = None
+
+
+def window_peak_gb() -> float | None:
+    """Peak RSS in GiB since the previous call (the first call starts the sampler and returns the RSS
+    now); None without /proc. Nothing is reset: the stage's and the process's peaks are untouched."""
+    global _sampler
+    if _rss_bytes() is None:
+        return None
+    if _sampler is None or _sampler.pid != os.getpid():
+        _sampler = _Sampler()
+    return round(_sampler.take() / 2**30, 3)
+
+
+def peak_parts(log_rows: list[dict[str, Any]]) -> dict[str, float]:
+    """The largest value of every `memory/<part>` key over a training log's rows (a run record's
+    `memory_parts`): which part of a step reached the stage's peak."""
+    out: dict[str, float] = {}
+    for row in log_rows:
+        for key, value in row.items():
+            if key.startswith("memory/") and isinstance(value, (int, float)):
+                out[key] = max(out.get(key, 0.0), float(value))
+    return dict(sorted(out.items()))
 
 
 def release() -> None:

@@ -57,6 +57,13 @@ def test_loss_falls_and_outputs_written(tiny_model_dir, tmp_path):
     saved = json.loads((out / "mathrl_config.json").read_text())
     assert saved["config"]["learning_rate"] == 1e-2 and "torch" in saved["versions"]
     assert saved["trainer"] == "sft"  # every trainer's record names its trainer
+    from mathrl import memory
+
+    if memory.window_peak_gb() is not None:  # Linux: each log line says which part of a step reached which peak
+        assert all(r["memory/forward_backward"] > 0 and r["memory/optimizer"] > 0 for r in log if "loss" in r)
+        parts = record["memory_parts"]
+        assert parts["memory/forward_backward"] == max(r["memory/forward_backward"] for r in log if "loss" in r)
+        assert max(parts.values()) <= record["memory"]["peak_rss_gb"] + 1e-3
 
 
 def test_resume_continues_at_saved_step(tiny_model_dir, tmp_path):

@@ -28,8 +28,30 @@ def test_nested_parts_count_once_and_flush_starts_the_next_step():
     out = clock.flush()
     assert out["timing/rewards"] == 0 and out["timing/generate"] > 0 and out["timing/backward"] == 0.5
     assert out["timing/other"] == pytest.approx(2.0 - 0.5 - out["timing/generate"], abs=1e-3)
-    assert set(out) == {f"timing/{p}" for p in PARTS}
+    assert {k for k in out if k.startswith("timing/")} == {f"timing/{p}" for p in PARTS}
     assert clock.flush()["timing/generate"] == 0 and clock.micro_total == 0
+
+
+def test_each_part_logs_the_peak_memory_it_reached():
+    """A block allocated and freed inside one part shows in that part's `memory/*`, not the next one's."""
+    from mathrl import memory
+
+    if memory.window_peak_gb() is None:
+        pytest.skip("needs /proc/self/status and a writable /proc/self/clear_refs")
+    import numpy as np
+
+    clock = StepClock()
+    with clock.part("forward"):
+        block = np.ones(400 * 2**20 // 8)  # ~400 MiB touched
+        time.sleep(3 * memory.SAMPLE_S)
+        del block
+    memory.release()
+    with clock.part("generate"):
+        time.sleep(0.01)
+    out = clock.flush()
+    assert out["memory/forward"] > out["memory/generate"] + 0.3
+    assert memory.peak()["peak_rss_gb"] >= out["memory/forward"] - 0.01  # the stage's peak saw it too
+    assert not any(k.startswith("memory/") for k in clock.flush())  # the next step starts empty
 
 
 def test_every_step_logs_its_breakdown_and_the_parts_add_up(tiny_model_dir, tmp_path):
@@ -48,6 +70,14 @@ def test_every_step_logs_its_breakdown_and_the_parts_add_up(tiny_model_dir, tmp_
     assert any(r["timing/refill"] > 0 for r in rows) == any(r["dynamic/refills"] > 0 for r in rows)
     assert set(record["timing"]) == {f"timing/{p}" for p in PARTS}
     assert record["timing"]["timing/generate"] > 0
+    from mathrl import memory
+
+    if memory.window_peak_gb() is not None:  # Linux: every step says which part reached which peak
+        for r in rows:
+            assert all(r[f"memory/{p}"] > 0 for p in ("generate", "rewards", "forward", "backward", "optimizer", "reference"))
+        parts = record["memory_parts"]
+        assert parts["memory/forward"] == max(r["memory/forward"] for r in rows)
+        assert max(parts.values()) <= record["memory"]["peak_rss_gb"] + 1e-3
 
 
 def test_old_logprobs_are_timed_when_trl_needs_them(tiny_model_dir, tmp_path):

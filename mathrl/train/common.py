@@ -48,6 +48,41 @@ def make_log_callback(output_dir: str | Path, plot_keys: tuple[str, ...] = ("los
     return TrainLog()
 
 
+def make_memory_callback() -> Any:
+    """Peak RSS (GiB) per part of a Trainer step, added to each log line: `memory/forward_backward` (the
+    micro-batches, data collation included), `memory/optimizer` (clipping, the step, the schedule),
+    `memory/other` (logging, checkpoints); the largest since the previous line. Put it before the log
+    callback, which writes what this adds. GRPO's fast path logs finer parts (`mathrl.train.step_timing`)."""
+    from transformers import TrainerCallback
+
+    from mathrl import memory
+
+    class MemoryParts(TrainerCallback):
+        def __init__(self) -> None:
+            self.peaks: dict[str, float] = {}
+
+        def _close(self, owner: str) -> None:
+            peak = memory.window_peak_gb()
+            if peak is not None:
+                self.peaks[owner] = max(self.peaks.get(owner, 0.0), peak)
+
+        def on_step_begin(self, args, state, control, **kw):  # noqa: ANN001 - transformers' signature
+            self._close("other")
+
+        def on_pre_optimizer_step(self, args, state, control, **kw):  # noqa: ANN001
+            self._close("forward_backward")
+
+        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
+            self._close("optimizer")
+
+        def on_log(self, args, state, control, logs=None, **kw):  # noqa: ANN001
+            if logs is not None and self.peaks:
+                logs.update({f"memory/{k}": v for k, v in self.peaks.items()})
+                self.peaks = {}
+
+    return MemoryParts()
+
+
 def fit_schedule(scheduler: Any, name: str, warmup_steps: int, horizon: int) -> None:
     """Make a running LR scheduler follow a `horizon`-step schedule of type `name` from now on.
 

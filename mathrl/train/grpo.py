@@ -216,6 +216,7 @@ def run_grpo(cfg: GRPORunConfig) -> dict[str, Any]:
          "sampler": "trl", "stop": []},
         # median seconds per step of each part (mathrl.train.step_timing); None on stock TRL
         "timing": step_timing.median_parts(log_rows) if isinstance(trainer, FastGRPOTrainer) else None,
+        "memory_parts": memory.peak_parts(log_rows),  # peak RSS per part of a step (fast path only)
         "resumed_from": checkpoint, "versions": library_versions(), "memory": memory.peak(),
     }
     saving.finish_run(trainer, out, cfg.model, cfg.merge, record)

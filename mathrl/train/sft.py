@@ -127,7 +127,7 @@ def build_trainer(cfg: SFTRunConfig) -> tuple[Any, list[Sample], dict[str, Any],
     )
     models.set_attention(model, cfg.half_compute(fast_bf16))  # half compute: mathrl_cpu on CPU, flash-attn on CUDA
     peft_config = common.peft_config(cfg)
-    callbacks = [common.make_log_callback(out, ("loss", "learning_rate", "grad_norm"))]
+    callbacks = [common.make_memory_callback(), common.make_log_callback(out, ("loss", "learning_rate", "grad_norm"))]
     if cfg.max_minutes:
         callbacks.append(common.make_time_budget_callback(cfg.max_minutes, cfg.lr_scheduler))
     unsupported = fast_path_supported() if cfg.fast else None
@@ -169,6 +169,7 @@ def run_sft(cfg: SFTRunConfig) -> dict[str, Any]:
         tokens = max((r.get("num_tokens", 0) for r in common.read_log(out / "train_log.jsonl")), default=0)
         record["train_tokens"] = int(tokens)
         record["tokens_per_second"] = round(tokens / train_seconds, 1) if tokens and not checkpoint else None
+        record["memory_parts"] = memory.peak_parts(common.read_log(out / "train_log.jsonl"))
     saving.finish_run(trainer, out, cfg.model, cfg.merge, record)
     return record
 

@@ -14,6 +14,11 @@ steps logs their mean):
   timing/optimizer     gradient clipping and the optimizer step
   timing/other         the rest of the step: TRL's padding, advantages, metrics, buffering
 
+Each part also logs `memory/<part>`: the process's peak RSS in GiB while it ran (the largest over the
+step's micro-batches; `mathrl.memory.window_peak_gb`), so a step's peak can be traced to the part that
+reaches it. `memory/other` covers the gaps between parts (TRL's bookkeeping). CPU only: on CUDA the
+record's `peak_cuda_gb` is the device figure.
+
 Simplified: wall-clock time of this process. On CUDA each boundary synchronises the device first,
 which costs a little overlap; on CPU nothing changes. `timing/backward` is what is left of a
 micro-batch after generation, scoring and the forward, so a part that runs outside the named hooks
@@ -29,6 +34,8 @@ from typing import Any, Iterator
 
 import torch
 from transformers import TrainerCallback
+
+from mathrl import memory
 
 PARTS = ("generate", "refill", "rewards", "old_logprobs", "reference", "forward", "backward", "optimizer", "other")
 
@@ -47,17 +54,26 @@ class StepClock:
         self.parts: dict[str, float] = defaultdict(float)
         self._open: str | None = None
         self.micro_total = 0.0  # the step's training_step calls, end to end
+        self.memory: dict[str, float] = {}  # peak RSS (GiB) per part this step
+
+    def close_window(self, owner: str) -> None:
+        """The peak RSS since the last boundary belongs to `owner` (the part that ran in between)."""
+        peak = memory.window_peak_gb()
+        if peak is not None:
+            self.memory[owner] = max(self.memory.get(owner, 0.0), peak)
 
     @contextmanager
     def part(self, name: str) -> Iterator[None]:
         if self._open is not None:  # inside another part: that part owns the time
             yield
             return
+        self.close_window("other")
         self._open, start = name, _now()
         try:
             yield
         finally:
             self.parts[name] += _now() - start
+            self.close_window(name)
             self._open = None
 
     def flush(self) -> dict[str, float]:
@@ -67,7 +83,9 @@ class StepClock:
         out = {f"timing/{k}": round(self.parts.get(k, 0.0), 4) for k in PARTS if k not in ("backward", "other")}
         out["timing/backward"] = round(backward, 4)
         out["timing/other"] = round(max(0.0, self.micro_total - named - backward), 4)
+        out |= {f"memory/{k}": v for k, v in self.memory.items()}
         self.parts.clear()
+        self.memory.clear()
         self.micro_total = 0.0
         return out
 
@@ -97,6 +115,7 @@ class _OptimizerTimer(TrainerCallback):
 
     def on_optimizer_step(self, args, state, control, **kwargs):  # noqa: ANN001, ANN003
         clock = self.trainer.step_clock
+        clock.close_window("optimizer")  # clipping and the step, since the last micro-batch ended
         if self._start is not None:
             clock.parts["optimizer"] += _now() - self._start
         metrics = self.trainer._metrics["train"]
@@ -116,11 +135,13 @@ class StepTimingMixin:
 
     def training_step(self, model, inputs, num_items_in_batch):  # noqa: ANN001
         clock = self.step_clock
+        clock.close_window("other")
         start = _now()
         before = sum(clock.parts.values())
         try:
             return super().training_step(model, inputs, num_items_in_batch)
         finally:
+            clock.close_window("backward")  # since the forward (or, without one, the step's last part) ended
             elapsed = _now() - start
             clock.micro_total += elapsed
             clock.parts["backward"] += max(0.0, elapsed - (sum(clock.parts.values()) - before))
