@@ -6,6 +6,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mathrl-installed
 # Where GSM8K lives when there is no dataset hub (tests and CI): ../shared beside the checkout.
+# pip keeps no second copy of every wheel in its cache: set-up fits on a small disk
+export PIP_NO_CACHE_DIR ?= 1
 export MATHRL_DATA_DIR ?= $(if $(wildcard ../shared/data/gsm8k),$(abspath ../shared/data/gsm8k),)
 
 .PHONY: install demo test test-all bench clean

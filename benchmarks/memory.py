@@ -38,7 +38,7 @@ GIB = 2**30
 HEAD_TILE = 1024  # mathrl.train.fast_grpo._HEAD_CHUNK
 
 
-def _command(case: str, out: Path, steps: int, grpo_model: str) -> list[str]:
+def _command(case: str, out: Path, steps: int, grpo_model: str, extra: list[str]) -> list[str]:
     py = [sys.executable]
     if case == "imports":
         return py + ["-c", "import torch, transformers, trl, peft, mathrl.train.grpo, mathrl.train.sft"]
@@ -46,17 +46,17 @@ def _command(case: str, out: Path, steps: int, grpo_model: str) -> list[str]:
               "--save-steps", "100000", "--output-dir", str(out)]
     if case.startswith("sft"):
         return py + ["-m", "mathrl", "sft", "--model", "smollm2-135m", "--method", case.split("-")[1],
-                     "--batch-size", "16", "--train-samples", "1024", "--learning-rate", "2e-4", *common]
+                     "--batch-size", "16", "--train-samples", "1024", "--learning-rate", "2e-4", *common, *extra]
     return py + ["-m", "mathrl", "grpo", "--model", grpo_model, "--method", "full", "--rewards", "correctness,format:0.5",
                  "--num-generations", "8", "--prompts-per-step", "16", "--max-completion-length", "96",
                  "--temperature", "0.7", "--beta", "0", "--loss-type", "dapo", "--learning-rate", "1e-5",
-                 "--oversample", "1.0", "--max-refills", "0", *common]
+                 "--oversample", "1.0", "--max-refills", "0", *common, *extra]
 
 
-def run_case(case: str, steps: int, grpo_model: str, workdir: Path) -> dict:
+def run_case(case: str, steps: int, grpo_model: str, workdir: Path, extra: tuple[str, ...] = ()) -> dict:
     """Peak RSS (GiB) of the case's process, its record's memory figures, wall seconds."""
     out = workdir / case
-    cmd = _command(case, out, steps, grpo_model)
+    cmd = _command(case, out, steps, grpo_model, list(extra))
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = proc.stdout.read()
@@ -106,6 +106,7 @@ def main() -> None:
     ap.add_argument("--cases", default="sft-full,sft-lora,grpo", help=f"comma-separated, of {', '.join(CASES)}")
     ap.add_argument("--steps", type=int, default=3, help="optimizer steps per training case")
     ap.add_argument("--grpo-model", default="smollm2-135m", help="GRPO's starting model (the demo's: its SFT output)")
+    ap.add_argument("--args", default="", help="extra flags for every training case, e.g. '--micro-batch-size 32'")
     ap.add_argument("--workdir", default=None, help="where the runs write (default: a temp dir)")
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
@@ -124,10 +125,10 @@ def main() -> None:
     imports = run_case("imports", 0, args.grpo_model, workdir)
     print(f"imports: peak RSS {imports['peak_rss_gb']:.2f} GiB", flush=True)
     for case in (c for c in cases if c != "imports"):
-        res = run_case(case, args.steps, args.grpo_model, workdir)
+        res = run_case(case, args.steps, args.grpo_model, workdir, tuple(args.args.split()))
         floor = floor_gb(case, imports["peak_rss_gb"], args.grpo_model)
         total = sum(floor.values())
-        print(f"\n{case}: peak RSS {res['peak_rss_gb']:.2f} GiB (/usr/bin/time -v's figure; stage record "
+        print(f"\n{case} {args.args}: peak RSS {res['peak_rss_gb']:.2f} GiB (/usr/bin/time -v's figure; stage record "
               f"{res.get('stage_peak_gb')} GiB), {res.get('steps')} steps in {res['wall_s']} s, load {load_average()}")
         print(f"  floor {total:.2f} GiB = " + " + ".join(f"{k} {v:.2f}" for k, v in floor.items()))
         print(f"  above the floor: {res['peak_rss_gb'] - total:.2f} GiB ({res['peak_rss_gb'] / total:.2f}x the floor)")

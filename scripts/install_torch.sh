@@ -19,10 +19,9 @@ fi
 if [ "$(uname -s)" = "Darwin" ]; then
   exec "$PY" -m pip install "${TORCH_SPEC:-torch==$TORCH_VERSION}"   # macOS wheels are CPU/MPS builds
 fi
-tmp=$(mktemp -d)
-if "$PY" -m pip download -q --no-index --no-deps -d "$tmp" "torch==$TORCH_VERSION" >/dev/null 2>&1; then
-  rm -rf "$tmp"
+# a dry run asks whether a local wheel is offered without copying it (pip download would copy
+# ~200 MB, and CI once ran out of disk during set-up)
+if "$PY" -m pip install --dry-run -q --no-index --no-deps "torch==$TORCH_VERSION" >/dev/null 2>&1; then
   exec "$PY" -m pip install "${TORCH_SPEC:-torch==$TORCH_VERSION}"   # a local CPU wheel is offered
 fi
-rm -rf "$tmp"
 exec "$PY" -m pip install "${TORCH_SPEC:-torch==$TORCH_VERSION}" --index-url "${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}" --extra-index-url https://pypi.org/simple

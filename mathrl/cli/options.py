@@ -39,7 +39,7 @@ SKIP = ("progress", "name")  # progress: for callers in Python; a protocol's nam
 PANELS: dict[str, str] = {
     "TaskSettings": "Model and task", "PromptSettings": "Prompt", "Protocol": "Prompt protocol",
     "TrainSettings": "Training", "HFSettings": "Training (TRL)", "RLSettings": "RL: sampling and rewards",
-    "EvalConfig": "Evaluation", "SFTRunConfig": "SFT", "GRPORunConfig": "GRPO", "PPORunConfig": "PPO",
+    "EvalConfig": "Evaluation", "SFTRunConfig": "SFT", "GRPORunConfig": "GRPO", "GRPOLossSettings": "GRPO: loss, clipping, KL, advantages", "PPORunConfig": "PPO",
 }
 
 

@@ -354,6 +354,10 @@ def run_file(path: str | Path, experiments: list[str] | None = None, *, only_eva
             budgets.apply_plan(stages, plan)
             rebuild(stages, str(path))
             budgets.print_budget(plan, console)
+        if not (only_report or only_eval):  # a stage that cannot fit stops the run before anything runs
+            from mathrl.experiments.memory_check import preflight
+
+            preflight(stages, console)
         if sweeps:
             sweeps_.print_status(spec, sweeps, exp_dir, console)
         if dry_run:

@@ -17,29 +17,25 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from mathrl.prompts import formats
+from mathrl.train import rl
 from mathrl.train.rl import check_markers, cpu_budget_note, make_alarm_callback, training_prompts
+from mathrl.train.grpo_loss import GRPOLossSettings
 from mathrl.train.settings import PROMPT_POLICIES, HFSettings, RLSettings, opt
 from mathrl.errors import MathrlError
 from mathrl.tasks import Sample, get_task
 
-LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
 
 
 @dataclass
-class GRPORunConfig(RLSettings, HFSettings):
-    """GRPO settings: the shared training and RL fields (`train/settings.py`) plus the group and TRL's loss."""
+class GRPORunConfig(GRPOLossSettings, RLSettings, HFSettings):
+    """GRPO settings: the shared training and RL fields (`train/settings.py`), the loss (`train/grpo_loss.py`)
+    and the group, micro-batches and dynamic sampling."""
 
     num_generations: int = opt(8, "completions per prompt (the GRPO group)")
     batch_size: int | None = opt(None, "completions per device step; None: prompts_per_step x num_generations")
     micro_batch_size: int | None = opt(None, "completions per forward/backward pass: a step's completions are split "
                                        "into micro-batches of whole groups whose gradients add up to the same update "
                                        "(less memory, same maths); None: the whole step in one pass")
-    beta: float = opt(0.0, "KL coefficient; > 0 loads a reference model")
-    loss_type: str = opt("dapo", "grpo | dr_grpo | dapo | bnpo")
-    epsilon: float = opt(0.2, "policy ratio clip")
-    num_iterations: int = opt(1, "optimisation passes per generation batch")
-    scale_rewards: str = opt("group", "group | batch | none")
-    mask_truncated_completions: bool = opt(False, "leave completions cut at max_completion_length out of the loss")
     dynamic_sampling: bool = opt(True, "DAPO dynamic sampling: within a step, groups whose completions all got the same "
                                  "reward (zero advantage, no gradient) are replaced by groups for other training prompts, "
                                  "generated and scored, for up to max_refills rounds; the step trains on the refilled "
@@ -79,11 +75,8 @@ class GRPORunConfig(RLSettings, HFSettings):
                                                and per_step % self.micro_batch_size == 0),
              f"micro_batch_size {self.micro_batch_size} must be a multiple of num_generations {self.num_generations} "
              f"that divides the {per_step} completions of a step"),
-            (self.loss_type in LOSS_TYPES, f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {self.loss_type!r}"),
-            (self.beta >= 0, f"beta must be >= 0, got {self.beta}"),
             (self.vllm in ("auto", "on", "off"), f"vllm must be auto, on or off, got {self.vllm!r}"),
             (self.vllm_mode in ("colocate", "server"), f"vllm_mode must be colocate or server, got {self.vllm_mode!r}"),
-            (self.scale_rewards in ("group", "batch", "none"), f"scale_rewards must be group, batch or none, got {self.scale_rewards!r}"),
             (self.max_refills >= 0, f"max_refills must be >= 0, got {self.max_refills}"),
             (self.oversample >= 0, f"oversample must be >= 0, got {self.oversample}"),
             (self.prompt_policy in PROMPT_POLICIES, f"prompt_policy must be one of {', '.join(PROMPT_POLICIES)}, got {self.prompt_policy!r}"),
@@ -123,6 +116,8 @@ def build_trainer(cfg: GRPORunConfig) -> tuple[Any, list[Sample], dict[str, Any]
     from mathrl.train.dynamic_sampling import DynamicFastGRPOTrainer, DynamicGRPOTrainer
     from mathrl.train.fast_grpo import FastGRPOTrainer, fast_path_supported
     from mathrl.train.progress import quiet_progress
+    from mathrl.train.memory_plan import fit_grpo
+    from mathrl.train.grpo_loss import AdvantageMixin
 
     cfg.validate()
     vllm = _use_vllm(cfg)  # before loading anything: a missing vLLM is a one-line error
@@ -130,7 +125,9 @@ def build_trainer(cfg: GRPORunConfig) -> tuple[Any, list[Sample], dict[str, Any]
     protocol = cfg.protocol()
     decoding = cfg.decoding(protocol)
     task = get_task(cfg.task, cfg.task_config, data_dir=cfg.data_dir, **cfg.task_args)
-    reward_funcs, weights = build_rewards(cfg.rewards, cfg.format, task, decoding.stop)
+    reward_funcs, weights = build_rewards(cfg.rewards, cfg.format, task, decoding.stop, cfg.max_completion_length)
+    # before the weights load: micro-batches when the step's pass would not fit, a stop when nothing does
+    cfg, memory_plan = fit_grpo(cfg, samples, protocol, sampling_copy=cfg.fast and models.cpu_has_fast_bf16())
     model, tokenizer, info = common.load_training_model(cfg)
     check_markers(tokenizer, protocol.resolved_format().markers)
     # TRL tokenizes string prompts with special tokens on: hand it text that gives evaluation's ids
@@ -150,9 +147,7 @@ def build_trainer(cfg: GRPORunConfig) -> tuple[Any, list[Sample], dict[str, Any]
         per_device_train_batch_size=cfg.micro_batch_size or cfg.completions_per_step(),
         num_generations=cfg.num_generations,
         max_completion_length=cfg.max_completion_length, temperature=cfg.temperature, top_p=cfg.top_p,
-        beta=cfg.beta, loss_type=cfg.loss_type, epsilon=cfg.epsilon, num_iterations=cfg.num_iterations,
-        scale_rewards=cfg.scale_rewards, mask_truncated_completions=cfg.mask_truncated_completions,
-        reward_weights=weights, use_vllm=vllm, vllm_mode=cfg.vllm_mode, vllm_server_base_url=cfg.vllm_server_url,
+        reward_weights=weights, **cfg.trl_kwargs(), use_vllm=vllm, vllm_mode=cfg.vllm_mode, vllm_server_base_url=cfg.vllm_server_url,
         log_completions=cfg.log_completions, **hf_args,
     )
     models.set_attention(model, cfg.half_compute(fast_bf16))  # half compute: mathrl_cpu on CPU, flash-attn on CUDA
@@ -176,8 +171,15 @@ def build_trainer(cfg: GRPORunConfig) -> tuple[Any, list[Sample], dict[str, Any]
         kwargs.update(max_refills=cfg.max_refills, prompt_policy=cfg.prompt_policy, oversample=cfg.oversample)
     cls = {(True, True): DynamicFastGRPOTrainer, (True, False): FastGRPOTrainer,
            (False, True): DynamicGRPOTrainer, (False, False): GRPOTrainer}[(bool(fast), bool(dynamic))]
+    if cfg.advantage != "group":  # mathrl's estimator replaces TRL's advantages (train/grpo_loss.py)
+        if unsupported:
+            raise MathrlError(f"advantage {cfg.advantage} reads TRL's rewards through a private method of the tested "
+                              f"signature, and {unsupported}: use advantage group or the tested TRL")
+        cls = type(cls.__name__, (AdvantageMixin, cls), {"__module__": cls.__module__})
+        kwargs.update(advantage=cfg.advantage)
     trainer = cls(**kwargs)
     quiet_progress(trainer, "grpo", rl=True, verbose=cfg.verbose)
+    trainer.mathrl_memory_plan = memory_plan  # the run record's: the limit, the estimate, the pass it chose
     return trainer, samples, info
 
 
@@ -217,6 +219,9 @@ def run_grpo(cfg: GRPORunConfig) -> dict[str, Any]:
         # median seconds per step of each part (mathrl.train.step_timing); None on stock TRL
         "timing": step_timing.median_parts(log_rows) if isinstance(trainer, FastGRPOTrainer) else None,
         "memory_parts": memory.peak_parts(log_rows),  # peak RSS per part of a step (fast path only)
+        "memory_plan": getattr(trainer, "mathrl_memory_plan", None),
+        "rewards": rl.reward_record(trainer.reward_funcs, trainer.reward_weights.tolist()),
+        "advantage": cfg.advantage,
         "resumed_from": checkpoint, "versions": library_versions(), "memory": memory.peak(),
     }
     saving.finish_run(trainer, out, cfg.model, cfg.merge, record)

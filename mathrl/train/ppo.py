@@ -40,6 +40,7 @@ from mathrl.tasks import get_task
 from mathrl.train.settings import PPORunConfig  # noqa: F401 - in settings.py so the CLI need not import torch
 from mathrl.files import JsonlAppender, atomic_write_json
 from mathrl.train import ppo_core
+from mathrl.train.rl import reward_record
 from mathrl.train.rollout import Rollout, collect_rollouts, policy_token_stats, prompt_indices
 
 
@@ -263,7 +264,7 @@ def run_ppo(cfg: PPORunConfig) -> dict[str, Any]:
     protocol = cfg.protocol()
     settings = cfg.decoding(protocol)
     task = get_task(cfg.task, cfg.task_config, data_dir=cfg.data_dir, **cfg.task_args)
-    reward_funcs, weights = build_rewards(cfg.rewards, cfg.format, task, settings.stop)
+    reward_funcs, weights = build_rewards(cfg.rewards, cfg.format, task, settings.stop, cfg.max_completion_length)
     accelerator = Accelerator(cpu=not common.cuda_available())
     note = None if common.cuda_available() else cpu_budget_note(cfg.rollouts_per_step(), cfg)
     if note and accelerator.is_main_process:
@@ -318,7 +319,7 @@ def run_ppo(cfg: PPORunConfig) -> dict[str, Any]:
         "train_seconds": round(train_seconds, 1), "global_step": step, "planned_steps": planned,
         "seconds_per_step": round(train_seconds / max(1, step - start_step), 2), **_reward_summary(rows),
         "resumed_from": checkpoint, "world_size": accelerator.num_processes, "decoding": settings.effective(),
-        "versions": library_versions(), "memory": memory.peak(),
+        "rewards": reward_record(reward_funcs, weights), "versions": library_versions(), "memory": memory.peak(),
     }
     if main:
         _save_run(cfg, out, built, log_path, record)

@@ -23,6 +23,10 @@ Built-ins (names for a spec such as "correctness,format:0.5,closeness:0.2"):
                         no number or a non-numeric gold. pred: strict extraction, else flexible.
   length                0.0 up to 1000 characters, then linear down to -1.0 at 2000 characters and beyond;
                         other limits: `length_penalty(limit)`.
+  overlong, repetition, cosine, think_format
+                        shaping terms with parameters in brackets (`overlong[cache=16]`): DAPO's soft
+                        overlong punishment, TRL's repetition penalty, cosine length scaling of the
+                        correctness verdict, TRL's think format (mathrl.train.reward_shaping).
 
 Adding a reward:
     from mathrl.train.rewards import register_reward
@@ -53,6 +57,7 @@ from mathrl.errors import MathrlError
 from mathrl.engine.decoding import cut_at_stop
 from mathrl.prompts.formats import Format, get_format
 from mathrl.grading.verdict import grade_completion
+from mathrl.train import reward_shaping
 
 RewardFn = Callable[..., list]
 DEFAULT_LENGTH_LIMIT = 1000  # characters: tokenizer-free, so the same number for every model
@@ -248,6 +253,9 @@ _builtin("format_soft", _format_soft, False, "+-1/k per marker present once / re
 _builtin("format", _format_soft, False, "alias of format_soft")
 _builtin("closeness", _closeness, True, "1 if correct, else up to 0.5 by relative distance")
 REWARDS["length"] = RewardSpec("length", lambda fmt: length_penalty(), "-1..0 past 1000 characters", True)
+for _name, (_params, _what) in reward_shaping.SHAPING.items():  # parameters in brackets: reward_shaping
+    REWARDS[_name] = RewardSpec(_name, functools.partial(reward_shaping.ShapedReward, _name, _name, {}, text_of=_text,
+                                                         correct=_correctness), _what, True)
 
 
 def register_reward(name: str, *, per_format: bool = False, description: str = "") -> Callable:
@@ -311,6 +319,9 @@ def get_reward(name: str, format_name: str | Format) -> RewardFn:
     """The reward called `name` built for a format, or the function at a dotted path."""
     fmt = format_name if isinstance(format_name, Format) else get_format(format_name)
     _shape(fmt)  # a bad strict_pattern fails here, naming the format, not in the middle of training
+    shaped = reward_shaping.parse(name)  # overlong[cache=16], repetition, cosine, think_format
+    if shaped is not None:
+        return reward_shaping.ShapedReward(name, shaped[0], shaped[1], fmt, _text, _correctness)
     if name in REWARDS:
         return _named(REWARDS[name].build(fmt), name)
     if "." in name or ":" in name:
@@ -347,18 +358,21 @@ def parse_reward_spec(spec: str) -> list[tuple[str, float]]:
     return out
 
 
-def build_rewards(spec: str, format_name: str | Format, task: Any = None,
-                  stops: tuple[str, ...] | list[str] = ()) -> tuple[list[RewardFn], list[float]]:
+def build_rewards(spec: str, format_name: str | Format, task: Any = None, stops: tuple[str, ...] | list[str] = (),
+                  max_completion_length: int | None = None) -> tuple[list[RewardFn], list[float]]:
     """reward_funcs and reward_weights for TRL from a spec string; names made distinct for its logs.
 
     Built-in rewards are bound to `task` (its answer checker) and the protocol's `stops`, so they grade
-    the text evaluation grades; user functions receive the completions as they are."""
+    the text evaluation grades (shaping terms also to `max_completion_length`, their default length);
+    user functions receive the completions as they are."""
     funcs: list[RewardFn] = []
     weights: list[float] = []
     for name, weight in parse_reward_spec(spec):
         fn = get_reward(name, format_name)
         if isinstance(fn, Reward):
             fn = fn.bind(task, tuple(stops))
+        elif isinstance(fn, reward_shaping.ShapedReward):
+            fn = fn.bind(task, tuple(stops), max_completion_length)
         label = base = getattr(fn, "__name__", type(fn).__name__)
         for i in itertools.count(2):  # "correctness,correctness:0.5" logs correctness and correctness_2
             if label not in {f.__name__ for f in funcs}:

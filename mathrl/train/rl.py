@@ -99,3 +99,11 @@ def cpu_budget_note(completions_per_step: int, cfg: Any) -> str | None:
             f"tokens = up to {tokens:,} generated tokens, {tokens / fast / 3600:.1f}-{tokens / slow / 3600:.1f} h of rollouts "
             f"at {slow}-{fast} tokens/s (a 135M model on 2 cores); for minutes, pass --max-minutes or start from "
             f"configs/{kind}/arithmetic_cpu.yaml")
+
+
+def reward_record(funcs: list[Any], weights: list[float]) -> list[dict[str, Any]]:
+    """What the run record says of its rewards: each one's logged name, weight and, for shaping terms, the
+    parameters it ran with (defaults filled in: `overlong`'s max is the run's max_completion_length)."""
+    return [{"name": getattr(f, "__name__", type(f).__name__), "weight": float(w),
+             **({"params": dict(f.params)} if isinstance(getattr(f, "params", None), dict) else {})}
+            for f, w in zip(funcs, weights)]

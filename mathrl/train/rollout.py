@@ -116,7 +116,8 @@ def collect_rollouts(agent: Any, ref: Any, tokenizer: Any, prompts: list[str], g
     generate_time = time.perf_counter() - t0
     completions = [c.token_ids for c in drawn]
     texts = [c.text for c in drawn]
-    per_reward = torch.tensor([f(prompts=prompts, completions=texts, answer=golds, answer_type=kinds) for f in reward_funcs],
+    per_reward = torch.tensor([f(prompts=prompts, completions=texts, completion_ids=completions, answer=golds,
+                                 answer_type=kinds) for f in reward_funcs],
                               dtype=torch.float32)
     scores = (torch.tensor(weights, dtype=torch.float32)[:, None] * per_reward).sum(0)
     input_ids, attention_mask, mask = (t.to(device) for t in _pad(prompt_ids, completions, pad_id))

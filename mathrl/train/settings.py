@@ -123,10 +123,21 @@ class HFSettings(TrainSettings):
     logging_steps: int = opt(1, "log every this many steps")
     report_to: str = opt("none", "none | tensorboard | trackio | wandb")
     fast: bool = opt(True, "mathrl's faster trainer (same loss and gradients); False: stock TRL")
+    max_memory: str | None = opt(None, "peak memory the stage may use on CPU, e.g. 8GB: a step that would need more "
+                                 "runs in smaller passes (same update), one that cannot fit stops before loading; "
+                                 "None: what the machine has available, less 10% (mathrl.train.memory_plan)")
 
     def checks(self) -> list[tuple[bool, str]]:
+        from mathrl.memory import parse_size
+
+        try:
+            size, problem = parse_size(self.max_memory), None
+        except MathrlError as e:
+            size, problem = None, str(e)
         return super().checks() + [
             (0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}"),
+            (problem is None, problem or ""),
+            (size is None or size > 0, f"max_memory must be positive, got {self.max_memory!r}"),
         ]
 
 
@@ -170,7 +181,8 @@ class RLSettings(TrainSettings):
         super().validate()
         from mathrl.train.rewards import build_rewards
 
-        build_rewards(self.rewards, self.format)  # unknown reward names fail before any model loads
+        build_rewards(self.rewards, self.format, max_completion_length=self.max_completion_length)  # bad names and
+        # parameters fail before any model loads
 
 
 # PPO's settings live here rather than in ppo.py, which imports torch at load: `mathrl --help` stays quick.

@@ -59,6 +59,15 @@ class SFTRunConfig(HFSettings):
         return self.train_samples or (STAGE_SIZES[self.stage] if self.stage else None)
 
 
+def tokens_per_row(cfg: SFTRunConfig, samples: list[Sample]) -> float:
+    """The mean length in tokens of the stage's training rows (over the first 256), for the memory plan."""
+    from mathrl.engine import models
+
+    tok = models.load_tokenizer(models.resolve(cfg.model)[0])
+    rows = tokenize_examples(build_examples(samples[:256], cfg.protocol(), tok), tok)
+    return sum(min(len(r["input_ids"]), cfg.max_length) for r in rows) / max(1, len(rows))
+
+
 def training_samples(cfg: SFTRunConfig) -> list[Sample]:
     task = get_task(cfg.task, cfg.task_config, data_dir=cfg.data_dir, **cfg.task_args)
     n = cfg.size()
@@ -107,9 +116,12 @@ def build_trainer(cfg: SFTRunConfig) -> tuple[Any, list[Sample], dict[str, Any],
     from mathrl.train.progress import quiet_progress
     from mathrl.train.sft_fast import FastSFTTrainer, fast_path_supported
 
+    from mathrl.train.memory_plan import fit_sft
+
     cfg.validate()
     out = Path(cfg.output_dir)
     samples = training_samples(cfg)
+    cfg, memory_plan = fit_sft(cfg, tokens_per_row(cfg, samples))  # before the weights load: one that cannot fit stops
     model, tokenizer, info = common.load_training_model(cfg)
     # Full fine-tuning learns new marker tokens' embeddings. With LoRA the markers stay text the base
     # vocabulary spells: PEFT's trainable-token wrappers on embed_tokens/lm_head break TRL's fused LM
@@ -137,6 +149,7 @@ def build_trainer(cfg: SFTRunConfig) -> tuple[Any, list[Sample], dict[str, Any],
     trainer = trainer_class(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                             peft_config=peft_config, callbacks=callbacks)
     quiet_progress(trainer, "sft", rl=False, verbose=cfg.verbose)
+    trainer.mathrl_memory_plan = memory_plan  # the run record's: the limit, the estimate, the batch it chose
     return trainer, samples, info, new_tokens
 
 
@@ -164,6 +177,7 @@ def run_sft(cfg: SFTRunConfig) -> dict[str, Any]:
         "resumed_from": checkpoint, "versions": library_versions(), "memory": memory.peak(),
         # which compute_loss ran: FastSFTTrainer's counts (this process's micro-batches), or None for stock TRL
         "fast_path": trainer.fast_path_record() if hasattr(trainer, "fast_path_record") else None,
+        "memory_plan": getattr(trainer, "mathrl_memory_plan", None),
     }
     if trainer.is_world_process_zero():  # the log is the main process's file
         tokens = max((r.get("num_tokens", 0) for r in common.read_log(out / "train_log.jsonl")), default=0)
