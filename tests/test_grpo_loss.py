@@ -201,3 +201,39 @@ def test_grpo_help_lists_the_loss_knobs_in_their_panel():
     for flag in ("--loss-type", "--importance-sampling-level", "--epsilon-high", "--delta", "--top-entropy-quantile",
                  "--advantage", "--use-bias-correction-kl", "--vespo-k-pos", "--sync-ref-model"):
         assert flag in panel, flag
+
+
+def test_new_knobs_at_their_defaults_keep_cached_stages_valid(tiny_model_dir, tmp_path):
+    """Stage keys hash every training setting; the knobs added this round leave a stage's key as it was
+    while at their defaults (the run is the one cached before), and change it once set."""
+    import yaml
+
+    from mathrl.experiments.schema import load_experiments
+    from mathrl.train.grpo_loss import GRPOLossSettings
+
+    def key(**grpo):
+        f = tmp_path / "exp.yaml"
+        f.write_text(yaml.safe_dump({"experiments": {"e": {
+            "defaults": {"model": str(tiny_model_dir), "task": "arithmetic", "task_config": "1"},
+            "stages": {"rl": {"kind": "grpo", **grpo}}}}}))
+        (stage,) = [s for s in load_experiments(f, tmp_path / "runs")["e"] if s.name == "rl"]
+        return stage.key, stage
+
+    plain, stage = key()
+    blob_fields = {f.name for f in dataclasses.fields(stage.config)}
+    assert set(GRPOLossSettings.UNHASHED_AT_DEFAULT) <= blob_fields
+    # the key a stage with these settings had before the knobs existed: its settings without them
+    import hashlib
+    import json
+
+    from mathrl.experiments.schema import NOT_HASHED
+
+    before = {k: v for k, v in dataclasses.asdict(stage.config).items()
+              if k not in (*GRPOLossSettings.UNHASHED_AT_DEFAULT, "max_memory", "top_k", "min_p", "repetition_penalty",
+                           *NOT_HASHED)}
+    before = {{"prompts": "num_samples"}.get(k, k): v for k, v in before.items()}  # hashed under its old name
+    blob = json.dumps({"kind": "grpo", "settings": before, "deps": {}}, sort_keys=True, default=str)
+    assert plain == hashlib.sha256(blob.encode()).hexdigest()
+    assert key(advantage="group", epsilon_high=None)[0] == plain  # defaults written out: same key
+    assert key(epsilon_high=0.28)[0] != plain and key(advantage="rloo", scale_rewards="none")[0] != plain
+    assert key(max_memory="8GB")[0] != plain

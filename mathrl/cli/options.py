@@ -37,7 +37,7 @@ SKIP = ("progress", "name")  # progress: for callers in Python; a protocol's nam
 # `--help` groups options by the settings class that declares them (its base-most declaration: a
 # trainer that only redeclares a default keeps the shared field in the shared panel)
 PANELS: dict[str, str] = {
-    "TaskSettings": "Model and task", "PromptSettings": "Prompt", "Protocol": "Prompt protocol",
+    "TaskSettings": "Model and task", "PromptSettings": "Prompt", "SamplingFilters": "Sampling filters", "Protocol": "Prompt protocol",
     "TrainSettings": "Training", "HFSettings": "Training (TRL)", "RLSettings": "RL: sampling and rewards",
     "EvalConfig": "Evaluation", "SFTRunConfig": "SFT", "GRPORunConfig": "GRPO", "GRPOLossSettings": "GRPO: loss, clipping, KL, advantages", "PPORunConfig": "PPO",
 }

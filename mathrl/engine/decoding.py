@@ -23,21 +23,39 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, ClassVar, Iterator, Sequence
 
 from mathrl.errors import MathrlError
 
 
 @dataclass
-class DecodingSettings:
+class SamplingFilters:
+    """What reshapes the next-token distribution besides temperature and top_p, declared once: DecodingSettings
+    takes these fields from here, and so do `mathrl eval`'s and the RL trainers' settings (flags, YAML keys)."""
+
+    top_k: int = field(default=0, metadata={"help": "keep the k most likely tokens; 0: off"})
+    min_p: float = field(default=0.0, metadata={"help": "drop tokens below min_p x the top probability; 0: off"})
+    repetition_penalty: float = field(default=1.0, metadata={"help": "CTRL-style penalty on seen tokens; 1: off"})
+
+    # added to the settings after stages were cached: left out of stage keys at their (neutral) defaults
+    UNHASHED_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("top_k", "min_p", "repetition_penalty")
+
+    def filters(self) -> dict[str, Any]:
+        return {"top_k": self.top_k, "min_p": self.min_p, "repetition_penalty": self.repetition_penalty}
+
+    def filter_checks(self) -> list[tuple[bool, str]]:
+        return [(self.top_k >= 0, f"--top-k must be >= 0, got {self.top_k}"),
+                (0 <= self.min_p < 1, f"--min-p must be in [0, 1), got {self.min_p}"),
+                (self.repetition_penalty > 0, f"--repetition-penalty must be > 0, got {self.repetition_penalty}")]
+
+
+@dataclass
+class DecodingSettings(SamplingFilters):
     """How completions are decoded. Fields not listed here are neutral (no penalties, no n-gram bans)."""
 
     max_new_tokens: int = field(default=512, metadata={"help": "generation budget per completion (tokens)"})
     temperature: float = field(default=0.0, metadata={"help": "0: greedy; > 0: sample from softmax(logits / t)"})
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass; 1: off"})
-    top_k: int = field(default=0, metadata={"help": "keep the k most likely tokens; 0: off"})
-    min_p: float = field(default=0.0, metadata={"help": "drop tokens below min_p x the top probability; 0: off"})
-    repetition_penalty: float = field(default=1.0, metadata={"help": "CTRL-style penalty on seen tokens; 1: off"})
     num_samples: int = field(default=1, metadata={"help": "completions per question (pass@k, maj@k)"})
     stop: list[str] = field(default_factory=list, metadata={"help": "a completion ends before the first of these strings"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
@@ -50,9 +68,7 @@ class DecodingSettings:
             (not (self.num_samples > 1 and self.temperature == 0),
              "--num-samples > 1 needs --temperature > 0 (greedy decoding gives identical samples)"),
             (0 < self.top_p <= 1, f"--top-p must be in (0, 1], got {self.top_p}"),
-            (self.top_k >= 0, f"--top-k must be >= 0, got {self.top_k}"),
-            (0 <= self.min_p < 1, f"--min-p must be in [0, 1), got {self.min_p}"),
-            (self.repetition_penalty > 0, f"--repetition-penalty must be > 0, got {self.repetition_penalty}"),
+            *self.filter_checks(),
         ]
         for ok, msg in checks:
             if not ok:

@@ -23,7 +23,7 @@ from mathrl.errors import MathrlError
 from mathrl.records import ResultRow, accuracy_interval
 from mathrl.files import JsonlAppender, atomic_write_csv, atomic_write_json, load_partial_jsonl
 from mathrl.prompts.formats import Format, Protocol
-from mathrl.engine.decoding import DecodingSettings
+from mathrl.engine.decoding import DecodingSettings, SamplingFilters
 from mathrl.engine.generation import Completion
 from mathrl.provenance import library_versions
 from mathrl.tasks import Sample, Task, get_task, subsample
@@ -31,7 +31,7 @@ from mathrl.grading.verdict import grade_completion
 
 
 @dataclass
-class EvalConfig(TaskSettings):
+class EvalConfig(SamplingFilters, TaskSettings):
     """`mathrl eval` settings. Flat settings (YAML, flags, experiment files) also take the Protocol's
     fields and `protocol: PRESET`; `eval_config` builds this from them."""
 
@@ -58,7 +58,8 @@ class EvalConfig(TaskSettings):
 
     def sampling(self) -> DecodingSettings:
         return DecodingSettings(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
-                                num_samples=self.completions_per_question, stop=formats.default_stop(self.protocol), seed=self.seed)
+                                num_samples=self.completions_per_question, stop=formats.default_stop(self.protocol),
+                                seed=self.seed, **self.filters())
 
     def identity(self) -> dict[str, Any]:
         """Settings that change the numbers: a resume must match them exactly."""
@@ -67,6 +68,8 @@ class EvalConfig(TaskSettings):
         d = {k: getattr(self, k) for k in keep if k != "num_samples"}
         d["num_samples"] = self.completions_per_question  # the stored identity keeps its name: old runs resume
         d["protocol"] = asdict(self.protocol)
+        neutral = SamplingFilters().filters()  # added since: only when set, so earlier runs still resume
+        d.update({k: v for k, v in self.filters().items() if v != neutral[k]})
         return d
 
 

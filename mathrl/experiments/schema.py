@@ -65,6 +65,13 @@ from mathrl.errors import MathrlError
 from mathrl.experiments.kinds import KINDS, KindUnavailable, build_config, setting_names, training_kinds
 
 NOT_HASHED = ("output_dir", "resume", "progress", "overwrite", "report_to")
+
+
+def _unhashed_defaults(config: Any) -> dict[str, Any]:
+    """{field: default} of the fields a settings class lists in UNHASHED_AT_DEFAULT (over its bases)."""
+    names = {n for k in type(config).__mro__ for n in vars(k).get("UNHASHED_AT_DEFAULT", ())}
+    return {f.name: f.default for f in dataclasses.fields(config)
+            if f.name in names and f.default is not dataclasses.MISSING}
 RESERVED = ("base", "eval", "report")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -362,6 +369,9 @@ def _finish(stage: Stage, by_name: dict[str, Stage], source: str) -> None:
         # so stages finished before the rename stay cached
         old = {new: old for old, new in getattr(type(stage.config), "RENAMED", {}).items()}
         view = {old.get(k, k): v for k, v in view.items()}
+        # settings added since, left at their default, are not hashed: the run is the one cached before
+        added = _unhashed_defaults(stage.config)
+        view = {k: v for k, v in view.items() if k not in added or v != added[k]}
     for key in NOT_HASHED:
         view.pop(key, None)
     dep_dirs = {str(by_name[d].out): f"<stage {d}>" for d in stage.deps}

@@ -147,6 +147,7 @@ def build_trainer(cfg: GRPORunConfig) -> tuple[Any, list[Sample], dict[str, Any]
         per_device_train_batch_size=cfg.micro_batch_size or cfg.completions_per_step(),
         num_generations=cfg.num_generations,
         max_completion_length=cfg.max_completion_length, temperature=cfg.temperature, top_p=cfg.top_p,
+        top_k=cfg.top_k, min_p=cfg.min_p or None, repetition_penalty=cfg.repetition_penalty,  # stock TRL's sampler
         reward_weights=weights, **cfg.trl_kwargs(), use_vllm=vllm, vllm_mode=cfg.vllm_mode, vllm_server_base_url=cfg.vllm_server_url,
         log_completions=cfg.log_completions, **hf_args,
     )
@@ -214,7 +215,7 @@ def run_grpo(cfg: GRPORunConfig) -> dict[str, Any]:
         # None: off (asked, or stock fallback); else max_refills, prompt_policy, group fractions, extra prompts
         "dynamic_sampling": trainer.dynamic_summary() if hasattr(trainer, "dynamic_summary") else None,
         "decoding": cfg.decoding().effective() if isinstance(trainer, FastGRPOTrainer) else
-        {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_completion_length,
+        {"temperature": cfg.temperature, "top_p": cfg.top_p, **cfg.filters(), "max_new_tokens": cfg.max_completion_length,
          "sampler": "trl", "stop": []},
         # median seconds per step of each part (mathrl.train.step_timing); None on stock TRL
         "timing": step_timing.median_parts(log_rows) if isinstance(trainer, FastGRPOTrainer) else None,

@@ -27,7 +27,7 @@ ratio when `use_bias_correction_kl`. Simplified: no k1/k2 choice and no KL-in-re
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import math
 
@@ -80,6 +80,13 @@ class GRPOLossSettings:
     ref_model_sync_steps: int = opt(512, "sync_ref_model: steps between syncs")
     advantage: str = opt("group", "group (TRL's) | rloo (leave-one-out baseline) | reinforce_pp (group baseline, "
                          "batch-whitened; needs scale_rewards batch): mathrl.train.grpo_loss")
+
+    # added after GRPO stages were cached: at their defaults TRL runs as before, so cached stages stay valid
+    UNHASHED_AT_DEFAULT: ClassVar[tuple[str, ...]] = (
+        "epsilon_high", "delta", "importance_sampling_level", "multi_objective_aggregation", "top_entropy_quantile",
+        "entropy_coef", "off_policy_mask_threshold", "use_bias_correction_kl", "sapo_temperature_pos",
+        "sapo_temperature_neg", "vespo_k_pos", "vespo_lambda_pos", "vespo_k_neg", "vespo_lambda_neg", "sync_ref_model",
+        "ref_model_mixup_alpha", "ref_model_sync_steps", "advantage")
 
     def trl_kwargs(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in TRL_FIELDS}

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from mathrl.config import TaskSettings, opt
+from mathrl.engine.decoding import SamplingFilters
 from mathrl.errors import MathrlError
 
 # fp16 is allowed wherever a trainer runs with fp16 weights; PPO refuses it (PPORunConfig.checks).
@@ -127,6 +128,8 @@ class HFSettings(TrainSettings):
                                  "runs in smaller passes (same update), one that cannot fit stops before loading; "
                                  "None: what the machine has available, less 10% (mathrl.train.memory_plan)")
 
+    UNHASHED_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("max_memory",)  # added since; see experiments/schema.py
+
     def checks(self) -> list[tuple[bool, str]]:
         from mathrl.memory import parse_size
 
@@ -142,8 +145,8 @@ class HFSettings(TrainSettings):
 
 
 @dataclass
-class RLSettings(TrainSettings):
-    """Sampling and rewards: what GRPO and PPO share."""
+class RLSettings(SamplingFilters, TrainSettings):
+    """Sampling and rewards: what GRPO and PPO share (top_k, min_p, repetition_penalty: SamplingFilters)."""
 
     rewards: str = opt("correctness,format:0.5", "NAME[:WEIGHT],... (see mathrl.train.rewards)")
     prompts: int | None = opt(None, "training prompts drawn from the train split; None: all")
@@ -165,7 +168,7 @@ class RLSettings(TrainSettings):
 
         protocol = protocol or self.protocol()
         return DecodingSettings(max_new_tokens=self.max_completion_length, temperature=self.temperature,
-                                top_p=self.top_p, stop=formats.default_stop(protocol), seed=self.seed)
+                                top_p=self.top_p, stop=formats.default_stop(protocol), seed=self.seed, **self.filters())
 
     def checks(self) -> list[tuple[bool, str]]:
         return super().checks() + [
@@ -175,6 +178,7 @@ class RLSettings(TrainSettings):
             (self.temperature > 0, f"temperature must be > 0 for {self.TRAINER} sampling, got {self.temperature}"),
             (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
             (self.max_steps >= 1, f"max_steps must be at least 1, got {self.max_steps}"),
+            *self.filter_checks(),
         ]
 
     def validate(self) -> None:
