@@ -98,7 +98,8 @@ def test_sweep_chooses_on_validation_before_any_test_question(fakes, tmp_path):
     assert "b" not in dry and "wait for its winner" in text
     out, text = run(tmp_path, experiment())
     evals = [c for c in fakes if c[0] == "eval"]
-    assert [c[1] for c in evals] == ["validation"] * 3 + ["test"] * 3
+    # the three points and the model they start from (here the base model) on validation, then test
+    assert [c[1] for c in evals] == ["validation"] * 4 + ["test"] * 3
     assert all(not decided for _, split, _, decided in evals if split == "validation")
     assert all(decided for _, split, _, decided in evals if split == "test")  # the winner was on disk first
     runs = tmp_path / "runs" / "tiny"
@@ -106,6 +107,7 @@ def test_sweep_chooses_on_validation_before_any_test_question(fakes, tmp_path):
     # mid 50% is best; hi 49% is within 2 points but listed after it; lo is out
     assert decision["winner"] == "mid" and "lo" not in decision["why"].split("of it:")[1]
     assert [p["validation"]["accuracy"] for p in decision["points"]] == [0.30, 0.50, 0.49]
+    assert decision["start"]["model"] == "base" and decision["start"]["validation"]["accuracy"] == 0.01
     assert ("train", str(runs / "b"), str(runs / "a@mid")) in fakes  # the winner stands in for a downstream
     assert {c[2] for c in evals if c[1] == "test"} >= {str(runs / "a@mid"), str(runs / "b")}
     assert out["eval/a@mid/arithmetic.1-gsm8k-chat-0shot"] == "ran" and "sweep a: highest validation" in text
@@ -200,3 +202,20 @@ def test_sweep_end_to_end_on_the_tiny_model(tiny_model_dir, tmp_path, monkeypatc
     assert decision["winner"] == f"p{accs.index(max(accs))}"  # ties: the first listed
     assert all(p["steps"] == 1 and p["train_seconds"] > 0 and p["validation"]["n"] == 4 for p in decision["points"])
     assert f"eval/sft@{decision['winner']}/arithmetic.1-gsm8k-chat-0shot" in out
+    # the model the points start from (the base here), on the same validation questions, and each point's
+    # paired difference from it: what the counts say, recomputed from the two results files
+    start = decision["start"]
+    assert start["model"] == "base" and start["validation"]["n"] == 4
+    runs = tmp_path / "runs" / "tiny"
+    base_rows = [json.loads(x) for x in next((runs / "sweeps" / "sft").glob("eval/base/*/results.jsonl")).read_text().splitlines()]
+    for p in decision["points"]:
+        point_rows = [json.loads(x) for x in next((runs / "sweeps" / "sft").glob(f"eval/sft@{p['point']}/*/results.jsonl"))
+                      .read_text().splitlines()]
+        base_ok = {r["id"]: r["correct_strict"] for r in base_rows}
+        gained = sum(1 for r in point_rows if r["correct_strict"] and not base_ok[r["id"]])
+        lost = sum(1 for r in point_rows if not r["correct_strict"] and base_ok[r["id"]])
+        vs = p["vs_start"]
+        assert (vs["gained"], vs["lost"]) == (gained, lost)
+        assert vs["diff"] == pytest.approx(p["validation"]["accuracy"] - start["validation"]["accuracy"], abs=1e-4)
+    md = "\n".join(report_sweeps.markdown(report_sweeps.load_decisions(runs)))
+    assert "| (start: base) |" in md and "reference" in md

@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 from mathrl import memory
 from mathrl.errors import MathrlError
+from mathrl.experiments import budget as budgets, memory_check, sweep as sweeps_
 from mathrl.experiments.kinds import load_kind
 from mathrl.experiments.schema import Stage, experiment_budget, load_experiments, rebuild
 from mathrl.files import atomic_write_json
@@ -343,21 +344,15 @@ def run_file(path: str | Path, experiments: list[str] | None = None, *, only_eva
         began = _clock()
         plan = None
         wanted_budget = budget or experiment_budget(path, name)
-        from mathrl.experiments import sweep as sweeps_
-
         spec, sweeps = sweeps_.of_experiment(path, name, wanted_budget)
         if wanted_budget and not only_report:
-            from mathrl.experiments import budget as budgets
-
             plan = budgets.plan_experiment(stages, budgets.parse_duration(wanted_budget), exp_dir, console, replan,
                                            write=not dry_run)
             budgets.apply_plan(stages, plan)
             rebuild(stages, str(path))
             budgets.print_budget(plan, console)
         if not (only_report or only_eval):  # a stage that cannot fit stops the run before anything runs
-            from mathrl.experiments.memory_check import preflight
-
-            preflight(stages, console)
+            memory_check.preflight(stages, console)
         if sweeps:
             sweeps_.print_status(spec, sweeps, exp_dir, console)
         if dry_run:
@@ -370,9 +365,7 @@ def run_file(path: str | Path, experiments: list[str] | None = None, *, only_eva
             write_manifest(name, stages, {n: s for n, (s, _) in plan.items()}, runs_dir, str(path))
             outcomes = {n: ("cached" if s == "done" else "not selected") for n, (s, _) in plan.items()}
         else:
-            from mathrl.experiments.budget import Replanner
-
-            replanner = Replanner(stages, plan, began, exp_dir, str(path), console, _clock) if plan is not None else None
+            replanner = budgets.Replanner(stages, plan, began, exp_dir, str(path), console, _clock) if plan is not None else None
             outcomes = run_experiment(name, stages, runs_dir, str(path), console, only_eval=only_eval,
                                       on_stage_end=replanner)
             # a sweep that has chosen releases what waited for it: expand again and run on (done stages are cached)
@@ -391,8 +384,6 @@ def run_file(path: str | Path, experiments: list[str] | None = None, *, only_eva
         else:
             console.print("no finished evaluations yet: no report")
         if plan is not None and not only_report and all(o in ("ran", "resumed") for o in outcomes.values()):
-            from mathrl.experiments import budget as budgets
-
             plan["actual"] = budgets.report_actual(plan, _clock() - began, console)
             atomic_write_json(exp_dir / "plan.json", plan)
         results[name] = outcomes

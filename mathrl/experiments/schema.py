@@ -50,11 +50,8 @@ dependency's output path is hashed as its name, so moving `runs/` keeps every ke
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import hashlib
 import itertools
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,15 +60,8 @@ from typing import Any
 from mathrl import config as cfgmod
 from mathrl.errors import MathrlError
 from mathrl.experiments.kinds import KINDS, KindUnavailable, build_config, setting_names, training_kinds
+from mathrl.experiments.stage_key import NOT_HASHED, stage_key  # noqa: F401 - NOT_HASHED: read by tests
 
-NOT_HASHED = ("output_dir", "resume", "progress", "overwrite", "report_to")
-
-
-def _unhashed_defaults(config: Any) -> dict[str, Any]:
-    """{field: default} of the fields a settings class lists in UNHASHED_AT_DEFAULT (over its bases)."""
-    names = {n for k in type(config).__mro__ for n in vars(k).get("UNHASHED_AT_DEFAULT", ())}
-    return {f.name: f.default for f in dataclasses.fields(config)
-            if f.name in names and f.default is not dataclasses.MISSING}
 RESERVED = ("base", "eval", "report")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -350,6 +340,17 @@ def _validation_stages(sw: Any, shared: dict[str, Any], trained: dict[str, Stage
             st.name = f"eval/{st.model_label}/{st.eval_setting['setting']}"
             st.sweep_point = (sw.stage, point)
         out += cells
+    first = next((trained[sw.point_stage(p)] for p in sw.points if sw.point_stage(p) in trained), None)
+    if first is not None:  # the model the points start from, on the same questions: the reference they must beat
+        dep = trained.get(first.deps[0]) if first.deps else None
+        start = (dep.replica_of or dep.name) if dep is not None else "base"
+        cells = _eval_stages({"models": [start]} | sw.eval | {"split": "validation"}, shared, trained,
+                             exp_dir / "sweeps" / sw.stage, where, replicas)
+        for st in cells:
+            st.eval_setting["setting"] += "-validation"
+            st.name = f"eval/{sw.stage}@start/{st.model_label}/{st.eval_setting['setting']}"
+            st.sweep_point = (sw.stage, "")
+        out += cells
     return out
 
 
@@ -359,26 +360,9 @@ def _finish(stage: Stage, by_name: dict[str, Stage], source: str) -> None:
         stage.config = build_config(stage.kind, stage.settings, f"{source}: stage {stage.name}")
     except KindUnavailable as e:
         stage.unavailable = str(e)
-    if stage.config is None:
-        view = dict(stage.settings)
-    elif stage.kind == "eval":
-        view = stage.config.identity()
-    else:
-        view = dataclasses.asdict(stage.config)
-        # settings renamed since (num_samples → train_samples/prompts) hash under their old names,
-        # so stages finished before the rename stay cached
-        old = {new: old for old, new in getattr(type(stage.config), "RENAMED", {}).items()}
-        view = {old.get(k, k): v for k, v in view.items()}
-        # settings added since, left at their default, are not hashed: the run is the one cached before
-        added = _unhashed_defaults(stage.config)
-        view = {k: v for k, v in view.items() if k not in added or v != added[k]}
-    for key in NOT_HASHED:
-        view.pop(key, None)
-    dep_dirs = {str(by_name[d].out): f"<stage {d}>" for d in stage.deps}
-    view = {k: dep_dirs.get(v, v) if isinstance(v, str) else v for k, v in view.items()}
-    blob = json.dumps({"kind": stage.kind, "settings": view, "deps": {d: by_name[d].key for d in stage.deps}},
-                      sort_keys=True, default=str)
-    stage.key = hashlib.sha256(blob.encode()).hexdigest()
+    stage.key = stage_key(stage.kind, stage.settings, stage.config,
+                          {str(by_name[d].out): f"<stage {d}>" for d in stage.deps},
+                          {d: by_name[d].key for d in stage.deps})
 
 
 def rebuild(stages: list[Stage], source: str) -> None:

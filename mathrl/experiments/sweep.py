@@ -12,6 +12,9 @@
 Each point `P` becomes a training stage `grpo@P` (the stage's settings with the point's on top) and an
 evaluation of it on the task's **validation** split, `eval/grpo@P/<setting>-validation`, kept in
 `runs/<experiment>/sweeps/grpo/` (not in the report's comparison: validation numbers are for choosing).
+The model the points start from is evaluated there too (`eval/grpo@start/<model>/<setting>-validation`): a
+reference row in the decision (`start`) with each point's paired difference from it (`vs_start`), never a
+candidate.
 Until every swept stage has its winner, the experiment holds only what the sweeps need: the stages after
 a swept stage and **every test evaluation** are held back, so no test question is read before the choice.
 Once all of a sweep's validation evaluations are done, the winner is chosen and written atomically to
@@ -226,8 +229,33 @@ def decide(sw: Sweep, evals: dict[str, list[Any]], records: dict[str, dict[str, 
     why = (f"highest validation {sw.metric} accuracy {best:.1%} ({top['point']}); within "
            f"{sw.min_improvement * 100:g} points of it: {', '.join(r['point'] for r in eligible)}; "
            f"prefer {sw.prefer} → {win['point']} ({win['validation']['accuracy']:.1%})")
-    return {"stage": sw.stage, "rule": sw.rule(), "points": rows, "winner": win["point"], "why": why,
-            "decided": datetime.now(timezone.utc).isoformat()}
+    out = {"stage": sw.stage, "rule": sw.rule(), "points": rows, "winner": win["point"], "why": why,
+           "decided": datetime.now(timezone.utc).isoformat()}
+    start = evals.get("")
+    if start:  # reported beside the points, never a candidate: did training from it help at all?
+        accs = [s[f"accuracy_{sw.metric}"] for s in start]
+        out["start"] = {"model": start[0]["_train_stage"], "validation": {
+            "n": start[0].get("n"), "accuracy": sum(accs) / len(accs), "per_seed": accs,
+            "ci95": [s.get(f"ci95_{sw.metric}") for s in start]}}
+        for row in rows:
+            row["vs_start"] = _vs_start(evals[row["point"]], start, sw.metric)
+    return out
+
+
+def _vs_start(point: list[dict[str, Any]], start: list[dict[str, Any]], metric: str) -> dict[str, Any] | None:
+    """The point's paired difference from the start model on the same validation questions (bootstrap interval,
+    exact McNemar), with one seed each; None with seeds (replicas pair up less simply)."""
+    if len(point) != 1 or len(start) != 1:
+        return None
+    from mathrl.report.stats import paired_comparison
+
+    paths = [Path(s["_dir"]) / "results.jsonl" for s in (start[0], point[0])]
+    if not all(p.exists() for p in paths):
+        return None
+    a, b = ([json.loads(x) for x in p.read_text().splitlines() if x.strip()] for p in paths)
+    pc = paired_comparison(a, b, metric=metric)
+    return {"diff": round(pc["diff_b_minus_a"], 4), "ci95": [round(pc["diff_ci_low"], 4), round(pc["diff_ci_high"], 4)],
+            "gained": pc["c"], "lost": pc["b"], "p_value": pc["p_value"]}
 
 
 def decide_ready(spec: dict[str, Any], sweeps: dict[str, Sweep], stages: list[Any], exp_dir: Path,
@@ -242,14 +270,15 @@ def decide_ready(spec: dict[str, Any], sweeps: dict[str, Sweep], stages: list[An
         mine = [st for st in stages if st.kind == "eval" and st.sweep_point and st.sweep_point[0] == sw.stage]
         if not mine:
             continue  # its points are held back behind another sweep
-        evals: dict[str, list[Any]] = {p: [] for p in sw.points}
+        evals: dict[str, list[Any]] = {p: [] for p in sw.points} | {"": []}  # "": the model the points start from
         records: dict[str, dict[str, Any]] = {}
         for st in mine:
             rec, path = _read(st.out / "stage.json"), st.out / "summary.json"
             if (rec or {}).get("status") != "done" or not path.exists():
                 break
-            evals[st.sweep_point[1]].append(json.loads(path.read_text()) | {"_train_stage": st.deps[0]})
-            records[st.deps[0]] = _read(exp_dir / st.deps[0] / "stage.json") or {}
+            train = st.deps[0] if st.deps else "base"
+            evals[st.sweep_point[1]].append(json.loads(path.read_text()) | {"_train_stage": train, "_dir": str(st.out)})
+            records[train] = _read(exp_dir / train / "stage.json") or {}
         else:
             record = decide(sw, evals, records) | {"fingerprint": fp}
             atomic_write_json(decision_path(exp_dir, sw.stage), record)
