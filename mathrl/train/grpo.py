@@ -25,7 +25,6 @@ from mathrl.errors import MathrlError
 from mathrl.tasks import Sample, get_task
 
 
-
 @dataclass
 class GRPORunConfig(GRPOLossSettings, RLSettings, HFSettings):
     """GRPO settings: the shared training and RL fields (`train/settings.py`), the loss (`train/grpo_loss.py`)

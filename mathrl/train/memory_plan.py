@@ -15,7 +15,10 @@ Fitted to `benchmarks/memory.py` on the embedded SmolLM2-135M (2-core AVX512-BF1
 with bf16 autocast, 2026-12-03, fifth session): GRPO at the demo's settings peaked at 5.84 / 7.51 / 9.75 GiB
 with 32 / 64 / 128 completions a pass (~28 tokens each, the 60-token prompt once per group): 71 bytes per
 layer x hidden unit x token, 1.9 GiB above the arithmetic floor besides; full and LoRA SFT at batch 16
-peaked at 4.13 and 3.49 GiB (0.45 and 1.3 GiB above floor + activations: OVERHEAD_GB["sft"] is between).
+peaked at 4.13 and 3.49 GiB (0.45 and 1.3 GiB above floor + activations). Checked on a 2-core AMD EPYC
+(avx512_bf16, 2026-12-04): LoRA SFT planned to batch 2 under a 2.0 GiB cap peaked at 2.36 GiB with one
+overhead for both methods, so LoRA has its own (1.3 GiB, what that run and the batch-16 one left above the
+formula); full SFT keeps 0.9.
 Simplified: one model's constants, scaled by layers x hidden for others; attention's quadratic term and
 the vocabulary-sized log-softmax tiles are inside the per-token figure; GRPO is sized at
 max_completion_length (the worst case: a policy that rambles); CPU RSS only (CUDA is not planned here).
@@ -32,7 +35,7 @@ from mathrl.memory import parse_size
 
 IMPORTS_GB = 0.35  # python + torch + transformers + TRL + PEFT imported (benchmarks/memory.py, `imports`)
 ACTIVATION_BYTES = 71.0  # per layer x hidden unit x token of one training pass
-OVERHEAD_GB = {"sft": 0.9, "grpo": 1.9}  # allocator caching, autocast copies, TRL's buffers, the KV cache
+OVERHEAD_GB = {"sft": 0.9, "sft_lora": 1.3, "grpo": 1.9}  # allocator caching, autocast copies, TRL's buffers, KV cache
 MARGIN = 0.9  # the default limit: this share of the memory available when the stage starts
 GIB = 2**30
 
@@ -118,14 +121,16 @@ def sft_rows_per_pass(cfg: Any, shape: dict[str, int], tokens_per_row: float) ->
     limit = limit_gb(cfg.max_memory)
 
     def cost(rows: int) -> float:
-        return estimate_gb("sft", shape, trainable, rows * tokens_per_row)
+        return estimate_gb("sft" if cfg.method == "full" else "sft_lora", shape, trainable, rows * tokens_per_row)
 
     if limit is None:
         return cfg.batch_size, cost(cfg.batch_size), None
     rows = largest_fitting(cfg.batch_size, 1, cost, limit)
     if rows is None:
         raise DoesNotFit(f"sft does not fit in {limit:.1f} GiB even at 1 row a pass (estimate {cost(1):.1f} GiB, "
-                          f"{tokens_per_row:.0f} tokens a row): raise --max-memory, use --method lora or a smaller model")
+                          f"{tokens_per_row:.0f} tokens a row): raise --max-memory, "
+                          + ("use --method lora or a smaller model" if cfg.method == "full" else "use a smaller model or "
+                             "a shorter --max-length"))
     return rows, cost(rows), limit
 
 
