@@ -274,7 +274,6 @@ def run_eval(cfg: EvalConfig, model_bundle: Any = None) -> dict[str, Any]:
     """Evaluate and return the summary. `model_bundle` = (model, tokenizer, info) to reuse a loaded
     model, or a callable returning one, called only when there is something left to generate."""
     from mathrl.engine import generation
-    from mathrl.engine import models
 
     t0 = time.perf_counter()
     memory.reset_peak()
@@ -319,10 +318,7 @@ def run_eval(cfg: EvalConfig, model_bundle: Any = None) -> dict[str, Any]:
         previous = json.loads((out / "summary.json").read_text())
         model_info, gen_stats = previous.get("model", model_info), previous.get("generation", {})
     else:  # all rows written but the summary was not (a kill right after the last batch)
-        path, kind = models.resolve(cfg.model)
-        model_info = {"name": cfg.model, "kind": kind, "path": path,
-                      "revision": cfg.revision or models.model_revision(path, kind),
-                      "dtype": str(models.pick_dtype(cfg.dtype)).replace("torch.", "")}
+        model_info = _model_info(cfg)
     wanted = {s.id for s in samples}
     rows = [r for r in done_rows if r["id"] in wanted]
     order = {s.id: i for i, s in enumerate(samples)}
@@ -351,6 +347,15 @@ def run_eval(cfg: EvalConfig, model_bundle: Any = None) -> dict[str, Any]:
     atomic_write_json(out / "summary.json", summary)
     atomic_write_csv(out / "results.csv", rows)
     return summary
+
+
+def _model_info(cfg: EvalConfig) -> dict[str, Any]:
+    """What summary.json says of the model, without loading it."""
+    from mathrl.engine import models
+
+    path, kind = models.resolve(cfg.model)
+    return {"name": cfg.model, "kind": kind, "path": path, "revision": cfg.revision or models.model_revision(path, kind),
+            "dtype": str(models.pick_dtype(cfg.dtype)).replace("torch.", "")}
 
 
 def _row(sample: Sample, prompt: str, k: int, comp: Completion, fmt: Format, task: Task,

@@ -169,14 +169,7 @@ def expand(name: str, spec: Any, runs_dir: Path, source: str) -> list[Stage]:
         settings["output_dir"] = str(stage.out)
         trained[sname] = stage
 
-    used = [known[k] for k in {"eval", *(s.kind for s in trained.values())}]
-    if all(names is not None for names in used):  # every kind used is importable: a default none knows is a typo
-        everything = set().union(*used)
-        for key in defaults:
-            if key not in everything:
-                close = difflib.get_close_matches(key, everything, n=1)
-                raise MathrlError(f"{where}.defaults: no stage here has a setting {key!r}"
-                                  + (f" (did you mean {close[0]!r}?)" if close else ""))
+    _check_defaults(defaults, [known[k] for k in {"eval", *(s.kind for s in trained.values())}], where)
     # a sweep still choosing: no test evaluation yet
     evals = _test_evals(spec.get("eval") if not held else None, alias, shared("eval"), trained, exp_dir, where, replicas)
     for sw in sweeps.values():
@@ -191,6 +184,18 @@ def expand(name: str, spec: Any, runs_dir: Path, source: str) -> list[Stage]:
         by_name[stage.name] = stage
         _finish(stage, by_name, source)
     return ordered
+
+
+def _check_defaults(defaults: dict[str, Any], used: list[set[str] | None], where: str) -> None:
+    """Every default is a setting of some kind used here (checked when every kind used is importable: then a
+    default none knows is a typo)."""
+    if all(names is not None for names in used):
+        everything = set().union(*used)
+        for key in defaults:
+            if key not in everything:
+                close = difflib.get_close_matches(key, everything, n=1)
+                raise MathrlError(f"{where}.defaults: no stage here has a setting {key!r}"
+                                  + (f" (did you mean {close[0]!r}?)" if close else ""))
 
 
 def _replicate(specs: dict[str, Any], seeds: Any, where: str) -> tuple[dict[str, Any], dict[str, list[str]]]:
