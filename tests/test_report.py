@@ -358,3 +358,23 @@ def test_the_report_says_only_true_things(experiment, tmp_path, monkeypatch):
     shutil.rmtree(experiment / "sft-eval-raw")
     res = build_report([experiment], tmp_path / "r2", n_resamples=200)
     assert not (tmp_path / "r2" / "eval_template_scatter.png").exists() and "eval_template_scatter.png" not in res["files"]
+
+
+def test_exact_mcnemar_false_positive_rate_under_no_difference_is_at_most_alpha():
+    """The paired test behind every single-seed p-value (the report's pairs, a sweep's `vs_start`): with two
+    models that are right on each question independently with the same probability, it rejects at most alpha
+    of the time (an exact conditional test is conservative)."""
+    import math
+    import random
+
+    from mathrl.report.stats import mcnemar_exact
+
+    rng, n_exp, alpha, rejections = random.Random(0), 2000, 0.05, 0
+    for _ in range(n_exp):
+        p = [rng.uniform(0.1, 0.9) for _ in range(200)]  # question difficulty, shared by both models
+        a = [rng.random() < q for q in p]
+        b = [rng.random() < q for q in p]
+        rejections += mcnemar_exact(a, b)["p_value"] < alpha
+    rate = rejections / n_exp
+    assert rate <= alpha + 2 * math.sqrt(alpha * (1 - alpha) / n_exp), rate
+    assert rate > 0.005  # not a test that never rejects
